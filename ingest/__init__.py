@@ -1,0 +1,1 @@
+"""Ingest: verify a Stripe webhook, write it durably to Kafka, answer."""

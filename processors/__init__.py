@@ -1,0 +1,1 @@
+"""Processors: the pure reward rules and the Faust shell around them."""

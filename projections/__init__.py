@@ -1,0 +1,1 @@
+"""Projections: commands out of the system, replay and export."""

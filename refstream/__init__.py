@@ -1,0 +1,1 @@
+"""The operator's side of refstream: settings, the `refstream` command, the dev broker."""

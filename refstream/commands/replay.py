@@ -1,0 +1,12 @@
+"""`refstream replay` (SPEC §13). Not built yet."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="replay", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def replay(args: tuple[str, ...]) -> None:
+    """Not built yet."""
+    raise click.ClickException("`refstream replay` is not built yet in this version.")

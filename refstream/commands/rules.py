@@ -1,0 +1,12 @@
+"""`refstream rules` (SPEC §13). Not built yet."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="rules", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def rules(args: tuple[str, ...]) -> None:
+    """Not built yet."""
+    raise click.ClickException("`refstream rules` is not built yet in this version.")

@@ -1,0 +1,1 @@
+"""Schemas: framework-free records and codecs (no faust, no aiohttp imports)."""

@@ -1,0 +1,87 @@
+"""Topic names per environment, partition counts and configs (SPEC §1).
+
+Every stage and every test derives names from here, so sandbox and production can never
+share a topic, and a test can run the whole system under a private prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STRIPE_EVENTS = "stripe-events"
+CONTROL = "control"
+PAYOUTS = "payouts"
+NOTIFICATIONS = "notifications"
+REVIEWS = "reviews"
+DEAD_LETTERS = "dead-letters"
+
+# Partitions bound how many workers can share the load; 8 is plenty for one programme
+# and cheap for a single-node dev broker.
+DEFAULT_PARTITIONS = 8
+
+# The stripe-events log is the source of truth: kept forever. Control events (payout
+# runs, review decisions) are facts too, so they are kept forever as well. Outputs are
+# commands for downstream consumers, which can always be recomputed by replay.
+FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+OUTPUT_RETENTION = {"retention.ms": str(30 * 24 * 3600 * 1000), "cleanup.policy": "delete"}
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The names of one environment's topics. `prefix` is `refstream` in operation."""
+
+    env: str
+    prefix: str = "refstream"
+
+    def _name(self, kind: str) -> str:
+        return f"{self.prefix}.{kind}.{self.env}"
+
+    @property
+    def stripe_events(self) -> str:
+        return self._name(STRIPE_EVENTS)
+
+    @property
+    def control(self) -> str:
+        return self._name(CONTROL)
+
+    @property
+    def payouts(self) -> str:
+        return self._name(PAYOUTS)
+
+    @property
+    def notifications(self) -> str:
+        return self._name(NOTIFICATIONS)
+
+    @property
+    def reviews(self) -> str:
+        return self._name(REVIEWS)
+
+    @property
+    def dead_letters(self) -> str:
+        return self._name(DEAD_LETTERS)
+
+    def specs(self, partitions: int = DEFAULT_PARTITIONS) -> list[TopicSpec]:
+        return [
+            TopicSpec(self.stripe_events, partitions, dict(FOREVER)),
+            # Control events are few; they are fanned out to referrer partitions by the
+            # worker, so one partition keeps their order total.
+            TopicSpec(self.control, 1, dict(FOREVER)),
+            TopicSpec(self.payouts, partitions, dict(OUTPUT_RETENTION)),
+            TopicSpec(self.notifications, partitions, dict(OUTPUT_RETENTION)),
+            TopicSpec(self.reviews, partitions, dict(OUTPUT_RETENTION)),
+            TopicSpec(self.dead_letters, 1, dict(FOREVER)),
+        ]
+
+
+# Header names on every stripe-events record (SPEC §2).
+H_EVENT_ID = "refstream-event-id"
+H_EVENT_TYPE = "refstream-event-type"
+H_ENV = "refstream-env"
+H_RECEIVED_AT = "refstream-received-at"
