@@ -11,6 +11,7 @@ protocol version aiokafka 0.14 and faust-streaming 0.15 send (Kafka 4.0 removed 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -278,11 +279,10 @@ def start_node(cluster: Cluster, node: Node, libs: Path) -> int:
 
 def _ready(cluster: Cluster, timeout_s: float) -> None:
     """Wait until every node answers a metadata request with the full broker list."""
-    from aiokafka.errors import KafkaError as AIOKafkaError
-
     import asyncio
 
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError as AIOKafkaError
 
     async def probe() -> int:
         admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap, request_timeout_ms=3000)
@@ -372,11 +372,9 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    try:
+    with contextlib.suppress(ChildProcessError):
         # a zombie child of ours counts as gone
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split()[2]
     except (OSError, IndexError):

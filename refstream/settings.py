@@ -80,7 +80,7 @@ def _int_env(name: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number. Set it to e.g. {default}.")
+        raise SettingsError(f"{name}={raw!r} is not a whole number. Set it to e.g. {default}.") from None
     if value <= 0:
         raise SettingsError(f"{name}={raw!r} must be positive. Set it to e.g. {default}.")
     return value
