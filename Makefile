@@ -3,7 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # schemas and the pure reward core: type-checked with mypy --strict
-PURE := schemas
+PURE := schemas processors/money.py processors/invoice_link.py processors/referral.py \
+	processors/referrer.py processors/engine.py
 
 .PHONY: demo test install lint clean
 

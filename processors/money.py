@@ -1,0 +1,77 @@
+"""Money and calendar arithmetic: integers only, half-up rounding in exactly one place.
+
+Amounts are ints in a currency's minor units; times are Unix seconds (UTC) taken from the
+events, never the clock.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import lru_cache
+
+DAY = 86_400
+
+
+def round_half_up(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded to the nearest int, halves away from zero."""
+    if denominator <= 0:
+        raise ValueError("denominator must be positive")
+    if numerator >= 0:
+        return (2 * numerator + denominator) // (2 * denominator)
+    return -((2 * -numerator + denominator) // (2 * denominator))
+
+
+@lru_cache(maxsize=64)
+def _percent_ratio(percent: Decimal) -> tuple[int, int]:
+    num, den = percent.as_integer_ratio()
+    return num, den * 100
+
+
+def percent_of(amount: int, percent: Decimal) -> int:
+    """round_half_up(amount × percent / 100), exact for any decimal percent (e.g. 12.5)."""
+    num, den = _percent_ratio(percent)
+    return round_half_up(amount * num, den)
+
+
+def pro_rata(value: int, part: int, whole: int) -> int:
+    """round_half_up(value × part / whole); 0 when whole is not positive."""
+    if whole <= 0:
+        return 0
+    return round_half_up(value * part, whole)
+
+
+@lru_cache(maxsize=65_536)
+def add_months(ts: int, months: int) -> int:
+    """`ts` moved by whole calendar months, the day clamped to the month's end (UTC)."""
+    if months == 0:
+        return ts
+    d = datetime.fromtimestamp(ts, UTC)
+    index = d.year * 12 + (d.month - 1) + months
+    year, month = divmod(index, 12)
+    month += 1
+    day = min(d.day, calendar.monthrange(year, month)[1])
+    return int(d.replace(year=year, month=month, day=day).timestamp())
+
+
+def months_spanned(start: int, end: int) -> int:
+    """How many whole calendar months fit between start and end (a month's plan: 1)."""
+    if end <= start:
+        return 0
+    d0 = datetime.fromtimestamp(start, UTC)
+    d1 = datetime.fromtimestamp(end, UTC)
+    n = (d1.year - d0.year) * 12 + (d1.month - d0.month)
+    while n > 0 and add_months(start, n) > end:
+        n -= 1
+    while add_months(start, n + 1) <= end:
+        n += 1
+    return n
+
+
+def instalments(total: int, n: int) -> list[int]:
+    """`total` in n parts: floor(total / n) each, the remainder on the first."""
+    if n <= 1:
+        return [total]
+    each = total // n
+    return [total - each * (n - 1)] + [each] * (n - 1)

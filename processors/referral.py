@@ -1,0 +1,383 @@
+"""Stage "customer" (key: Stripe customer id): what one customer's events mean.
+
+Attribution (first wins, immutable), subscription snapshots, deletion, charge→invoice
+links, cumulative refunds, and payments held until the attribution arrives. It sends
+domain events to stage "referrer" (key: ucc) and asks stage "invoice" to join
+`invoice_payment.paid` links. Rewards, caps and money live in the referrer stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from processors.money import DAY, months_spanned
+from schemas.events import (
+    INVOICE,
+    REFERRER,
+    AttributionConflict,
+    InvoiceSeen,
+    Payment,
+    PaymentLink,
+    Refund,
+    Routed,
+    Signup,
+    SubscriptionEnded,
+    UnlinkedRefund,
+)
+from schemas.rules import Rules
+from schemas.stripe import Charge, Customer, Invoice, StripeEvent, Subscription
+
+CustomerMessage = StripeEvent | PaymentLink
+
+
+@dataclass(frozen=True, slots=True)
+class HeldPayment:
+    """A payment seen before the customer was attributed (or before it could be judged)."""
+
+    payment_id: str
+    currency: str
+    base: int
+    created: int
+    earned_at: int
+    months: int
+    subscription: str | None
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRefund:
+    """A charge's largest cumulative refund seen, waiting for attribution or a link."""
+
+    amount: int
+    amount_refunded: int
+    payment_intent: str | None
+    currency: str
+    created: int
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSnapshot:
+    snapshot_at: int  # the event `created` of the snapshot kept (latest wins)
+    ended_at: int | None  # when it ended, if the kept snapshot says it did
+    ended_by: str | None  # the event that said so
+    reported: bool  # recurring_rewards_cancelled already sent
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerState:
+    customer_id: str
+    created: int | None = None  # the customer object's `created`: the signup time
+    ucc: str | None = None
+    referral_id: str | None = None
+    attributed_at: int | None = None  # earliest `created` of the events carrying it
+    conflicts: tuple[str, ...] = ()  # other uccs already sent to review
+    deleted_at: int | None = None
+    subscriptions: dict[str, SubscriptionSnapshot] | None = None
+    links: dict[str, str] | None = None  # charge / payment intent id → payment id
+    one_offs: tuple[str, ...] = ()  # charges with an explicit `"invoice": null`
+    pending_refunds: dict[str, PendingRefund] | None = None  # by charge id
+    held: tuple[HeldPayment, ...] = ()
+
+
+def step(
+    state: CustomerState | None, message: CustomerMessage, rules: Rules
+) -> tuple[CustomerState, list[Routed]]:
+    if isinstance(message, PaymentLink):
+        if state is None:
+            state = CustomerState(message.customer_id)
+        return _on_link(state, message, rules)
+    obj = message.object
+    key = message.customer_id
+    if key is None or obj is None:
+        raise ValueError(f"event {message.id} ({message.type}) is not about a customer")
+    if state is None:
+        state = CustomerState(key)
+    out: list[Routed] = []
+    if isinstance(obj, Customer):
+        state = _on_customer(state, message, obj, rules, out)
+    elif isinstance(obj, Invoice):
+        state = _on_invoice(state, message, obj, rules, out)
+    elif isinstance(obj, Charge):
+        state = _on_charge(state, message, obj, rules, out)
+    elif isinstance(obj, Subscription):
+        state = _on_subscription(state, message, obj, out)
+    return state, out
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _copy(s: CustomerState, **changes: object) -> CustomerState:
+    values = {name: getattr(s, name) for name in CustomerState.__slots__}
+    values.update(changes)
+    return CustomerState(**values)
+
+
+def referral_id_for(customer: Customer, rules: Rules) -> str | None:
+    """`org:<org id>` at organisation level when present, else `user:<new_user_id>`."""
+    if rules.organization_level and customer.organization_id:
+        return f"org:{customer.organization_id}"
+    if customer.new_user_id:
+        return f"user:{customer.new_user_id}"
+    return None
+
+
+def _judge(s: CustomerState, p: HeldPayment, rules: Rules) -> bool | None:
+    """None: not rewardable (deleted / cancelled before it); else whether it is late."""
+    if s.deleted_at is not None and s.deleted_at < p.created:
+        return None
+    if p.subscription and s.subscriptions:
+        snap = s.subscriptions.get(p.subscription)
+        if snap is not None and snap.ended_at is not None and snap.ended_at < p.created:
+            return None
+    assert s.attributed_at is not None
+    return s.attributed_at - p.created > rules.late_attribution_days * DAY
+
+
+def _forward(s: CustomerState, p: HeldPayment, rules: Rules, out: list[Routed]) -> None:
+    late = _judge(s, p, rules)
+    if late is None or s.ucc is None or s.referral_id is None:
+        return
+    out.append(Routed(REFERRER, s.ucc, Payment(
+        s.ucc, s.referral_id, s.customer_id, p.payment_id, p.currency, p.base, p.created,
+        p.earned_at, p.months, late, p.event_id,
+    )))
+
+
+def _payment_of(s: CustomerState, charge_id: str, intent: str | None) -> str | None:
+    links = s.links
+    if not links:
+        return None
+    return links.get(charge_id) or (links.get(intent) if intent else None)
+
+
+def _send_refund(
+    s: CustomerState, charge_id: str, r: PendingRefund, rules: Rules, out: list[Routed]
+) -> bool:
+    """Sends what is known about a refund; True when it is linked (no longer pending)."""
+    assert s.ucc is not None and s.referral_id is not None
+    if charge_id in s.one_offs and not rules.reward_one_off_charges:
+        return True  # a one-off payment the rules do not reward: nothing to reverse
+    payment_id = _payment_of(s, charge_id, r.payment_intent)
+    if payment_id is not None:
+        out.append(Routed(REFERRER, s.ucc, Refund(
+            s.ucc, s.referral_id, s.customer_id, payment_id, charge_id, r.amount, r.amount_refunded,
+            r.created, r.event_id,
+        )))
+        return True
+    out.append(Routed(REFERRER, s.ucc, UnlinkedRefund(
+        s.ucc, s.referral_id, s.customer_id, charge_id, r.currency, r.amount, r.amount_refunded,
+        r.created, r.event_id,
+    )))
+    return False
+
+
+def _flush_refunds(s: CustomerState, rules: Rules, out: list[Routed]) -> CustomerState:
+    if not s.pending_refunds or s.ucc is None:
+        return s
+    remaining = {
+        charge: r for charge, r in s.pending_refunds.items() if not _send_refund(s, charge, r, rules, out)
+    }
+    return _copy(s, pending_refunds=remaining or None)
+
+
+def _flush_linked_refunds(s: CustomerState, rules: Rules, out: list[Routed]) -> CustomerState:
+    """After new links: send the pending refunds that are now linked (and only those)."""
+    if not s.pending_refunds or s.ucc is None:
+        return s
+    remaining = dict(s.pending_refunds)
+    for charge, r in s.pending_refunds.items():
+        if _payment_of(s, charge, r.payment_intent) is not None:
+            _send_refund(s, charge, r, rules, out)
+            del remaining[charge]
+    return _copy(s, pending_refunds=remaining or None)
+
+
+def _report_ended(s: CustomerState, out: list[Routed]) -> CustomerState:
+    if not s.subscriptions or s.ucc is None or s.referral_id is None:
+        return s
+    subs = dict(s.subscriptions)
+    for sub_id, snap in s.subscriptions.items():
+        if snap.ended_at is not None and not snap.reported:
+            out.append(Routed(REFERRER, s.ucc, SubscriptionEnded(
+                s.ucc, s.referral_id, s.customer_id, sub_id, snap.ended_at, snap.ended_by or "",
+            )))
+            subs[sub_id] = SubscriptionSnapshot(snap.snapshot_at, snap.ended_at, snap.ended_by, True)
+    return _copy(s, subscriptions=subs)
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+def _on_customer(
+    s: CustomerState, ev: StripeEvent, c: Customer, rules: Rules, out: list[Routed]
+) -> CustomerState:
+    if c.created is not None and s.created is None:
+        s = _copy(s, created=c.created)
+    if ev.type == "customer.deleted" and (s.deleted_at is None or ev.created < s.deleted_at):
+        s = _copy(s, deleted_at=ev.created)
+    referral = referral_id_for(c, rules) if c.ucc else None
+    if c.ucc is None or referral is None:
+        return s  # no (complete) attribution here; removing metadata changes nothing
+    if s.ucc is not None:
+        if c.ucc == s.ucc:
+            if s.attributed_at is not None and ev.created < s.attributed_at:
+                s = _copy(s, attributed_at=ev.created)
+        elif c.ucc not in s.conflicts:
+            ucc, referral_id = s.ucc, s.referral_id
+            assert ucc is not None and referral_id is not None
+            out.append(Routed(REFERRER, ucc, AttributionConflict(
+                ucc, referral_id, s.customer_id, c.ucc, ev.created, ev.id,
+            )))
+            s = _copy(s, conflicts=(*s.conflicts, c.ucc))
+        return s
+    # the first attribution: the signup
+    signed_up_at = c.created if c.created is not None else (s.created or ev.created)
+    s = _copy(s, ucc=c.ucc, referral_id=referral, attributed_at=ev.created)
+    out.append(Routed(REFERRER, c.ucc, Signup(c.ucc, referral, s.customer_id, signed_up_at, ev.id)))
+    held = s.held
+    s = _copy(s, held=())
+    for p in held:
+        _forward(s, p, rules, out)
+    s = _report_ended(s, out)
+    return _flush_refunds(s, rules, out)
+
+
+def _invoice_months(inv: Invoice) -> int:
+    n = 1
+    for line in inv.lines:
+        if line.subscription and not line.proration and line.period_start and line.period_end:
+            n = max(n, months_spanned(line.period_start, line.period_end))
+    return n
+
+
+def _with_links(s: CustomerState, ids: list[str], payment_id: str) -> CustomerState:
+    links = s.links or {}
+    new = [i for i in ids if links.get(i) != payment_id]
+    if not new:
+        return s
+    links = dict(links)
+    for i in new:
+        links.setdefault(i, payment_id)
+    return _copy(s, links=links)
+
+
+def _on_invoice(
+    s: CustomerState, ev: StripeEvent, inv: Invoice, rules: Rules, out: list[Routed]
+) -> CustomerState:
+    ids = [i for i in (inv.charge, inv.payment_intent) if i] + list(inv.payment_charges) + list(
+        inv.payment_intents
+    )
+    if ids:
+        s = _with_links(s, ids, inv.id)
+        s = _flush_linked_refunds(s, rules, out)
+    else:  # 2025-03-31+: the charge comes from an invoice_payment.paid event
+        out.append(Routed(INVOICE, inv.id, InvoiceSeen(inv.id, s.customer_id)))
+    tax = inv.total - inv.total_excluding_tax if (
+        inv.total is not None and inv.total_excluding_tax is not None
+    ) else 0
+    base = inv.amount_paid - tax
+    if base <= 0:
+        return s  # trials and 100 % coupons earn nothing
+    p = HeldPayment(
+        inv.id, inv.currency, base, inv.created, inv.paid_at or inv.created, _invoice_months(inv),
+        inv.subscription, ev.id,
+    )
+    return _on_payment(s, p, rules, out)
+
+
+def _on_payment(s: CustomerState, p: HeldPayment, rules: Rules, out: list[Routed]) -> CustomerState:
+    if s.ucc is None:
+        if any(h.payment_id == p.payment_id for h in s.held):
+            return s
+        return _copy(s, held=(*s.held, p))
+    _forward(s, p, rules, out)
+    return s
+
+
+def _on_charge(
+    s: CustomerState, ev: StripeEvent, ch: Charge, rules: Rules, out: list[Routed]
+) -> CustomerState:
+    if ch.one_off:
+        if ch.id not in s.one_offs:
+            s = _copy(s, one_offs=(*s.one_offs, ch.id))
+        if rules.reward_one_off_charges:
+            s = _with_links(s, [ch.id], ch.id)
+            if ev.type == "charge.succeeded" and ch.amount > 0:
+                s = _on_payment(s, HeldPayment(
+                    ch.id, ch.currency, ch.amount, ch.created, ch.created, 1, None, ev.id,
+                ), rules, out)
+    elif ch.invoice:
+        s = _with_links(s, [ch.id], ch.invoice)
+    if ch.amount_refunded <= 0:
+        return s
+    pending = s.pending_refunds or {}
+    prev = pending.get(ch.id)
+    if prev is not None and prev.amount_refunded >= ch.amount_refunded:
+        return s  # a duplicate or an older cumulative amount: nothing new
+    r = PendingRefund(ch.amount, ch.amount_refunded, ch.payment_intent, ch.currency, ev.created, ev.id)
+    if s.ucc is not None and _send_refund(s, ch.id, r, rules, out):
+        if prev is not None:
+            rest = dict(pending)
+            del rest[ch.id]
+            s = _copy(s, pending_refunds=rest or None)
+        return s
+    return _copy(s, pending_refunds={**pending, ch.id: r})
+
+
+def _on_subscription(
+    s: CustomerState, ev: StripeEvent, sub: Subscription, out: list[Routed]
+) -> CustomerState:
+    ended = ev.type == "customer.subscription.deleted" or sub.status == "canceled"
+    ended_at = (sub.ended_at or sub.canceled_at or ev.created) if ended else None
+    subs = s.subscriptions or {}
+    old = subs.get(sub.id)
+    if old is not None:
+        newer = ev.created > old.snapshot_at or (
+            ev.created == old.snapshot_at and ended_at is not None and old.ended_at is None
+        )
+        if not newer:
+            return s  # an older snapshot arriving late is ignored
+    snap = SubscriptionSnapshot(
+        ev.created, ended_at, ev.id if ended_at is not None else None, old.reported if old else False
+    )
+    s = _copy(s, subscriptions={**subs, sub.id: snap})
+    return _report_ended(s, out) if ended_at is not None else s
+
+
+def _on_link(s: CustomerState, link: PaymentLink, rules: Rules) -> tuple[CustomerState, list[Routed]]:
+    ids = [i for i in (link.charge_id, link.payment_intent_id) if i]
+    s = _with_links(s, ids, link.invoice_id)
+    out: list[Routed] = []
+    s = _flush_linked_refunds(s, rules, out)
+    return s, out
+
+
+# --- table value codec ----------------------------------------------------------------------
+
+
+def dumps(s: CustomerState) -> bytes:
+    return orjson.dumps([
+        s.customer_id, s.created, s.ucc, s.referral_id, s.attributed_at, s.conflicts, s.deleted_at,
+        {k: [v.snapshot_at, v.ended_at, v.ended_by, v.reported] for k, v in (s.subscriptions or {}).items()},
+        s.links or {}, s.one_offs,
+        {k: [r.amount, r.amount_refunded, r.payment_intent, r.currency, r.created, r.event_id]
+         for k, r in (s.pending_refunds or {}).items()},
+        [[p.payment_id, p.currency, p.base, p.created, p.earned_at, p.months, p.subscription, p.event_id]
+         for p in s.held],
+    ])
+
+
+def loads(raw: bytes) -> CustomerState:
+    (cid, created, ucc, referral, attributed_at, conflicts, deleted_at, subs, links, one_offs,
+     pending, held) = orjson.loads(raw)
+    return CustomerState(
+        cid, created, ucc, referral, attributed_at, tuple(conflicts), deleted_at,
+        {k: SubscriptionSnapshot(*v) for k, v in subs.items()} or None,
+        links or None, tuple(one_offs),
+        {k: PendingRefund(*v) for k, v in pending.items()} or None,
+        tuple(HeldPayment(*p) for p in held),
+    )

@@ -1,0 +1,569 @@
+"""Stage "referrer" (key: ucc): referrals, bonuses, caps, rewards, reversals, review cases,
+the ledger per currency and payout runs (SPEC §3–§8).
+
+One `step` folds one message (a domain event from stage "customer", a payout run or a
+review decision) into the referrer's frozen state and returns the SPEC §8 records it
+caused. Every id is `fact_id(...)` of the facts, so the same history gives the same ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from processors.money import DAY, add_months, instalments, percent_of, pro_rata
+from schemas.commands import (
+    ATTRIBUTION_CONFLICT,
+    LARGE_REWARD,
+    LATE_ATTRIBUTION,
+    NEW_SIGNUP,
+    PAYOUT_CREATED,
+    RECURRING_REWARDS_CANCELLED,
+    REWARD_EARNED,
+    REWARD_REVERSED,
+    UNLINKED_REFUND,
+    UNSUPPORTED_CURRENCY,
+    NotificationCommand,
+    PayoutCommand,
+    ReviewCase,
+    fact_id,
+)
+from schemas.control import PayoutRun, ReviewDecision
+from schemas.events import (
+    NOTIFICATIONS,
+    PAYOUTS,
+    REVIEWS,
+    AttributionConflict,
+    Payment,
+    ReferrerEvent,
+    Refund,
+    Routed,
+    Signup,
+    SubscriptionEnded,
+    UnlinkedRefund,
+)
+from schemas.rules import Rules
+
+ReferrerMessage = ReferrerEvent | PayoutRun | ReviewDecision
+
+# PaymentRecord.status
+PENDING = "pending"  # only refunds seen so far
+HELD = "held"  # waiting in a late_attribution / unsupported_currency case
+REWARDED = "rewarded"
+INELIGIBLE = "ineligible"  # outside the window, or the referral was rejected
+
+# Case.status
+OPEN = "open"
+APPROVED = "approved"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A ledger line not yet paid: positive (earned) or negative (a reversal)."""
+
+    entry_id: str
+    referral_id: str
+    payment_id: str | None  # None: the signup bonus, or a reversal of an unlinked refund
+    currency: str
+    amount: int
+    payable_at: int  # earned time + hold_days (positive); the reversal's time (negative)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRefund:
+    amount: int  # the charge's amount
+    amount_refunded: int  # largest cumulative amount seen
+    reversed: int  # reversed so far for this charge
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRecord:
+    status: str
+    currency: str
+    reward: int = 0  # r: the percentage reward actually earned (after the cap, kept instalments)
+    paid: bool = False  # some of its reward was paid out
+    refunds: dict[str, ChargeRefund] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReferralState:
+    referral_id: str
+    signed_up_at: int
+    rejected: bool = False
+    purchase_bonus_granted: bool = False
+    paid_any: bool = False
+    gross: dict[str, int] = field(default_factory=dict)  # earned per currency, for the cap
+    payments: dict[str, PaymentRecord] = field(default_factory=dict)
+    open_cases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    kind: str
+    referral_id: str
+    status: str
+    held: Payment | None = None  # late_attribution / unsupported_currency
+    refund: UnlinkedRefund | None = None  # unlinked_refund: the largest cumulative seen
+    reversed: int = 0  # unlinked_refund: reversed after approval
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrerState:
+    ucc: str
+    referrals: dict[str, ReferralState] = field(default_factory=dict)
+    entries: tuple[Entry, ...] = ()  # unpaid, not voided, in the order they were made
+    earned: dict[str, int] = field(default_factory=dict)
+    reversed: dict[str, int] = field(default_factory=dict)
+    paid: dict[str, int] = field(default_factory=dict)
+    cases: dict[str, Case] = field(default_factory=dict)
+    runs: tuple[str, ...] = ()  # payout run ids already applied
+
+
+@dataclass(frozen=True, slots=True)
+class CurrencySummary:
+    earned: int
+    reversed: int
+    net: int
+    paid: int
+    payable: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrerSummary:
+    ucc: str
+    referrals: int
+    currencies: dict[str, CurrencySummary]
+    open_cases: int
+
+
+class _Tx:
+    """Mutable working copy of one step; `done()` freezes it into the new state."""
+
+    def __init__(self, s: ReferrerState, rules: Rules):
+        self.ucc = s.ucc
+        self.rules = rules
+        self.referrals = dict(s.referrals)
+        self.entries = list(s.entries)
+        self.earned = dict(s.earned)
+        self.reversed = dict(s.reversed)
+        self.paid = dict(s.paid)
+        self.cases = dict(s.cases)
+        self.runs = s.runs
+        self.out: list[Routed] = []
+
+    def done(self) -> tuple[ReferrerState, list[Routed]]:
+        return ReferrerState(
+            self.ucc, self.referrals, tuple(self.entries), self.earned, self.reversed, self.paid,
+            self.cases, self.runs,
+        ), self.out
+
+    # --- building blocks ---
+
+    def add_entry(self, e: Entry) -> None:
+        self.entries.append(e)
+        if e.amount > 0:
+            self.earned[e.currency] = self.earned.get(e.currency, 0) + e.amount
+        else:
+            self.reversed[e.currency] = self.reversed.get(e.currency, 0) - e.amount
+
+    def notify(self, kind: str, nid: str, referral_id: str | None, currency: str | None, amount: int,
+               source: str, at: int) -> None:
+        self.out.append(Routed(NOTIFICATIONS, self.ucc, NotificationCommand(
+            nid, kind, self.ucc, referral_id, currency, amount, source, at,
+        )))
+
+    def open_case(self, kind: str, case_id: str, ref: ReferralState, details: dict[str, object],
+                  at: int, held: Payment | None = None, refund: UnlinkedRefund | None = None
+                  ) -> ReferralState:
+        if case_id in self.cases:
+            return ref
+        self.cases[case_id] = Case(kind, ref.referral_id, OPEN, held, refund)
+        self.out.append(Routed(REVIEWS, self.ucc, ReviewCase(
+            case_id, kind, self.ucc, ref.referral_id, details, at,
+        )))
+        ref = _ref(ref, open_cases=(*ref.open_cases, case_id))
+        self.referrals[ref.referral_id] = ref
+        return ref
+
+    def room(self, ref: ReferralState, currency: str, capped: bool) -> int | None:
+        cfg = self.rules.currency_rules(currency)
+        if not capped or cfg is None or cfg.max_reward_per_referral is None:
+            return None
+        return max(0, cfg.max_reward_per_referral - ref.gross.get(currency, 0))
+
+
+def _ref(r: ReferralState, **changes: object) -> ReferralState:
+    values = {name: getattr(r, name) for name in ReferralState.__slots__}
+    values.update(changes)
+    return ReferralState(**values)
+
+
+def _rec(r: PaymentRecord, **changes: object) -> PaymentRecord:
+    values = {name: getattr(r, name) for name in PaymentRecord.__slots__}
+    values.update(changes)
+    return PaymentRecord(**values)
+
+
+def _with_payment(ref: ReferralState, payment_id: str, rec: PaymentRecord) -> ReferralState:
+    return _ref(ref, payments={**ref.payments, payment_id: rec})
+
+
+def _cut(amount: int, room: int | None) -> int:
+    return amount if room is None else min(amount, room)
+
+
+# --- step -----------------------------------------------------------------------------------
+
+
+def step(
+    state: ReferrerState | None, message: ReferrerMessage, rules: Rules
+) -> tuple[ReferrerState, list[Routed]]:
+    """Fold one message. With `state=None` and a control record: an empty state, no output
+    (a payout run or decision for a referrer with nothing; callers need not store it)."""
+    if state is None:
+        state = ReferrerState(message.ucc if not isinstance(message, PayoutRun) else "")
+    tx = _Tx(state, rules)
+    if isinstance(message, Payment):
+        _on_payment(tx, message)
+    elif isinstance(message, Refund):
+        _on_refund(tx, message)
+    elif isinstance(message, Signup):
+        _on_signup(tx, message)
+    elif isinstance(message, PayoutRun):
+        _on_payout_run(tx, message)
+    elif isinstance(message, ReviewDecision):
+        _on_decision(tx, message)
+    elif isinstance(message, UnlinkedRefund):
+        _on_unlinked_refund(tx, message)
+    elif isinstance(message, SubscriptionEnded):
+        _on_subscription_ended(tx, message)
+    elif isinstance(message, AttributionConflict):
+        _on_conflict(tx, message)
+    return tx.done()
+
+
+def _on_signup(tx: _Tx, m: Signup) -> None:
+    if m.referral_id in tx.referrals:
+        return  # several customers, one referral: one signup
+    ref = ReferralState(m.referral_id, m.signed_up_at)
+    rules = tx.rules
+    currency = rules.currency
+    bonus = _cut(rules.signup_bonus, tx.room(ref, currency, True))
+    if bonus > 0:
+        tx.add_entry(Entry(
+            fact_id("signup_bonus", tx.ucc, m.referral_id), m.referral_id, None, currency, bonus,
+            m.signed_up_at + rules.hold_days * DAY,
+        ))
+        ref = _ref(ref, gross={currency: bonus})
+    tx.referrals[m.referral_id] = ref
+    tx.notify(NEW_SIGNUP, fact_id(NEW_SIGNUP, tx.ucc, m.referral_id), m.referral_id, currency, bonus,
+              m.event_id, m.signed_up_at)
+
+
+def _on_payment(tx: _Tx, p: Payment) -> None:
+    ref = tx.referrals.get(p.referral_id)
+    if ref is None:
+        return  # a signup always comes first from stage "customer"; nothing to attach to
+    rec = ref.payments.get(p.payment_id)
+    if rec is not None and rec.status != PENDING:
+        return  # one reward per invoice id
+    refunds = rec.refunds if rec is not None else None
+    window_end = add_months(ref.signed_up_at, tx.rules.reward_months)
+    if ref.rejected or not (ref.signed_up_at <= p.created < window_end):
+        tx.referrals[p.referral_id] = _with_payment(ref, p.payment_id, PaymentRecord(
+            INELIGIBLE, p.currency, refunds=refunds))
+        return
+    _judge_payment(tx, ref, p, refunds, late_ok=False)
+
+
+def _judge_payment(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRefund] | None,
+                   late_ok: bool) -> None:
+    details: dict[str, object] = {
+        "customer_id": p.customer_id, "payment_id": p.payment_id, "currency": p.currency,
+        "base": p.base, "created": p.created,
+    }
+    if p.late and not late_ok:
+        ref = _with_payment(ref, p.payment_id, PaymentRecord(HELD, p.currency, refunds=refunds))
+        tx.referrals[ref.referral_id] = ref
+        tx.open_case(LATE_ATTRIBUTION, fact_id(LATE_ATTRIBUTION, tx.ucc, ref.referral_id, p.payment_id),
+                     ref, details, p.earned_at, held=p)
+        return
+    if tx.rules.currency_rules(p.currency) is None:
+        ref = _with_payment(ref, p.payment_id, PaymentRecord(HELD, p.currency, refunds=refunds))
+        tx.referrals[ref.referral_id] = ref
+        tx.open_case(UNSUPPORTED_CURRENCY,
+                     fact_id(UNSUPPORTED_CURRENCY, tx.ucc, ref.referral_id, p.payment_id),
+                     ref, details, p.earned_at, held=p)
+        return
+    _reward(tx, ref, p, refunds, capped=True)
+
+
+def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRefund] | None,
+            capped: bool) -> None:
+    """The normal rule: purchase bonus first, then the (capped) reward in instalments."""
+    rules = tx.rules
+    cfg = rules.currency_rules(p.currency)
+    room = tx.room(ref, p.currency, capped)
+    rid = ref.referral_id
+    bonus = 0
+    granted = ref.purchase_bonus_granted
+    if not granted:
+        granted = True
+        bonus = _cut(cfg.purchase_bonus if cfg else 0, room)
+        if room is not None:
+            room -= bonus
+        if bonus > 0:
+            tx.add_entry(Entry(fact_id("purchase_bonus", tx.ucc, rid, p.payment_id), rid, p.payment_id,
+                               p.currency, bonus, p.earned_at + rules.hold_days * DAY))
+    reward = _cut(percent_of(p.base, rules.reward_percent), room)
+    window_end = add_months(ref.signed_up_at, rules.reward_months)
+    kept = 0
+    for i, amount in enumerate(instalments(reward, p.months)):
+        at = add_months(p.earned_at, i)
+        if i > 0 and at >= window_end:
+            break  # instalments earned after the reward window are dropped
+        kept += amount
+        if amount > 0:
+            tx.add_entry(Entry(fact_id("reward", tx.ucc, rid, p.payment_id, i), rid, p.payment_id,
+                               p.currency, amount, at + rules.hold_days * DAY))
+    gross = dict(ref.gross)
+    if bonus + kept:
+        gross[p.currency] = gross.get(p.currency, 0) + bonus + kept
+    rec = PaymentRecord(REWARDED, p.currency, kept, False, None)
+    ref = _ref(ref, purchase_bonus_granted=granted, gross=gross, payments={**ref.payments, p.payment_id: rec})
+    tx.referrals[rid] = ref
+    if bonus + kept > 0:
+        tx.notify(REWARD_EARNED, fact_id(REWARD_EARNED, tx.ucc, rid, p.payment_id), rid, p.currency,
+                  bonus + kept, p.event_id, p.earned_at)
+    if cfg is not None and cfg.review_above is not None and kept > cfg.review_above:
+        ref = tx.open_case(LARGE_REWARD, fact_id(LARGE_REWARD, tx.ucc, rid, p.payment_id), ref, {
+            "customer_id": p.customer_id, "payment_id": p.payment_id, "currency": p.currency,
+            "amount": kept, "review_above": cfg.review_above,
+        }, p.earned_at)
+    # refunds that arrived before the reward was computed
+    for charge, cr in sorted((refunds or {}).items()):
+        _reverse(tx, rid, p.payment_id, charge, cr.amount, cr.amount_refunded, p.earned_at, p.event_id)
+
+
+def _reverse(tx: _Tx, rid: str, payment_id: str, charge: str, amount: int, refunded: int, at: int,
+             source: str) -> None:
+    """Bring a charge's cumulative reversal to round(r × amount_refunded / amount)."""
+    ref = tx.referrals[rid]
+    rec = ref.payments[payment_id]
+    refunds = dict(rec.refunds or {})
+    prev = refunds.get(charge)
+    if prev is None:
+        # an approved unlinked_refund case may already have reversed part of this charge
+        case = tx.cases.get(fact_id(UNLINKED_REFUND, tx.ucc, rid, charge))
+        prev = ChargeRefund(amount, 0, case.reversed if case is not None and case.status == APPROVED else 0)
+    refunded = max(refunded, prev.amount_refunded)
+    target = pro_rata(rec.reward, refunded, amount or prev.amount)
+    delta = target - prev.reversed
+    if rec.status != REWARDED or delta <= 0:
+        refunds[charge] = ChargeRefund(amount, refunded, prev.reversed)
+        tx.referrals[rid] = _with_payment(ref, payment_id, _rec(rec, refunds=refunds))
+        return
+    refunds[charge] = ChargeRefund(amount, refunded, target)
+    tx.referrals[rid] = _with_payment(ref, payment_id, _rec(rec, refunds=refunds))
+    if ref.rejected and not rec.paid:
+        return  # its reward was voided: so is its reversal
+    eid = fact_id("reversal", tx.ucc, rid, payment_id, charge, target)
+    tx.add_entry(Entry(eid, rid, payment_id, rec.currency, -delta, at))
+    tx.notify(REWARD_REVERSED, fact_id(REWARD_REVERSED, eid), rid, rec.currency, delta, source, at)
+
+
+def _on_refund(tx: _Tx, m: Refund) -> None:
+    ref = tx.referrals.get(m.referral_id)
+    if ref is None:
+        return
+    if m.payment_id not in ref.payments:
+        # the refund came before its payment: kept and applied with the reward
+        ref = _with_payment(ref, m.payment_id, PaymentRecord(PENDING, ""))
+        tx.referrals[m.referral_id] = ref
+    _reverse(tx, m.referral_id, m.payment_id, m.charge_id, m.amount, m.amount_refunded, m.created, m.event_id)
+
+
+def _on_unlinked_refund(tx: _Tx, m: UnlinkedRefund) -> None:
+    ref = tx.referrals.get(m.referral_id)
+    if ref is None:
+        return
+    case_id = fact_id(UNLINKED_REFUND, tx.ucc, m.referral_id, m.charge_id)
+    case = tx.cases.get(case_id)
+    if case is None:
+        if not any(r.status == REWARDED and r.reward > 0 for r in ref.payments.values()):
+            return  # nothing the refund could take back
+        tx.open_case(UNLINKED_REFUND, case_id, ref, {
+            "customer_id": m.customer_id, "charge_id": m.charge_id, "currency": m.currency,
+            "amount": m.amount, "amount_refunded": m.amount_refunded,
+        }, m.created, refund=m)
+        return
+    assert case.refund is not None
+    if m.amount_refunded <= case.refund.amount_refunded:
+        return
+    tx.cases[case_id] = Case(case.kind, case.referral_id, case.status, None, m, case.reversed)
+    if case.status == APPROVED:
+        _reverse_unlinked(tx, case_id, m.created, m.event_id)
+
+
+def _charge_linked(ref: ReferralState, charge: str) -> bool:
+    return any(rec.refunds and charge in rec.refunds for rec in ref.payments.values())
+
+
+def _reverse_unlinked(tx: _Tx, case_id: str, at: int, source: str) -> None:
+    """An approved unlinked refund is reversed at the referral's percent."""
+    case = tx.cases[case_id]
+    m = case.refund
+    assert m is not None
+    ref = tx.referrals[case.referral_id]
+    if _charge_linked(ref, m.charge_id):
+        return  # linked since: the normal rule reverses it
+    target = percent_of(m.amount_refunded, tx.rules.reward_percent)
+    delta = target - case.reversed
+    if delta <= 0:
+        return
+    tx.cases[case_id] = Case(case.kind, case.referral_id, case.status, None, m, target)
+    if ref.rejected and not ref.paid_any:
+        return
+    eid = fact_id("reversal", tx.ucc, ref.referral_id, None, m.charge_id, target)
+    tx.add_entry(Entry(eid, ref.referral_id, None, m.currency, -delta, at))
+    tx.notify(REWARD_REVERSED, fact_id(REWARD_REVERSED, eid), ref.referral_id, m.currency, delta, source, at)
+
+
+def _on_subscription_ended(tx: _Tx, m: SubscriptionEnded) -> None:
+    if m.referral_id not in tx.referrals:
+        return
+    tx.notify(RECURRING_REWARDS_CANCELLED,
+              fact_id(RECURRING_REWARDS_CANCELLED, tx.ucc, m.referral_id, m.customer_id, m.subscription_id),
+              m.referral_id, None, 0, m.event_id, m.ended_at)
+
+
+def _on_conflict(tx: _Tx, m: AttributionConflict) -> None:
+    ref = tx.referrals.get(m.referral_id)
+    if ref is None:
+        return
+    tx.open_case(ATTRIBUTION_CONFLICT,
+                 fact_id(ATTRIBUTION_CONFLICT, tx.ucc, m.referral_id, m.customer_id, m.other_ucc),
+                 ref, {"customer_id": m.customer_id, "other_ucc": m.other_ucc}, m.created)
+
+
+# --- control ------------------------------------------------------------------------------
+
+
+def _on_decision(tx: _Tx, d: ReviewDecision) -> None:
+    case = tx.cases.get(d.case_id)
+    if case is None or case.status != OPEN:
+        return  # unknown, or already decided: deciding twice changes nothing
+    ref = tx.referrals[case.referral_id]
+    ref = _ref(ref, open_cases=tuple(c for c in ref.open_cases if c != d.case_id))
+    tx.referrals[ref.referral_id] = ref
+    tx.cases[d.case_id] = Case(case.kind, case.referral_id, APPROVED if d.approve else REJECTED,
+                               None, case.refund if case.kind == UNLINKED_REFUND else None, case.reversed)
+    if case.kind == UNLINKED_REFUND:
+        if d.approve:
+            _reverse_unlinked(tx, d.case_id, d.decided_at, d.case_id)
+        return  # rejected: the refund is ignored
+    if not d.approve:
+        _void(tx, ref)
+        return
+    p = case.held
+    if p is None:
+        return  # attribution_conflict / large_reward: releasing is un-pausing
+    rec = ref.payments.get(p.payment_id)
+    refunds = rec.refunds if rec is not None else None
+    if ref.rejected:
+        tx.referrals[ref.referral_id] = _with_payment(ref, p.payment_id, PaymentRecord(
+            INELIGIBLE, p.currency, refunds=refunds))
+        return
+    if case.kind == LATE_ATTRIBUTION:
+        _judge_payment(tx, ref, p, refunds, late_ok=True)
+    else:  # unsupported_currency: the normal rule, without a cap
+        _reward(tx, ref, p, refunds, capped=False)
+
+
+def _void(tx: _Tx, ref: ReferralState) -> None:
+    """Reject: the referral's unpaid entries and their reversals are never payable."""
+    rid = ref.referral_id
+    keep: list[Entry] = []
+    for e in tx.entries:
+        if e.referral_id != rid:
+            keep.append(e)
+            continue
+        if e.amount < 0:
+            rec = ref.payments.get(e.payment_id) if e.payment_id else None
+            paid = rec.paid if rec is not None else ref.paid_any
+            if paid:
+                keep.append(e)  # takes back money already paid
+                continue
+            tx.reversed[e.currency] -= -e.amount
+        else:
+            tx.earned[e.currency] -= e.amount
+    tx.entries = keep
+    tx.referrals[rid] = _ref(ref, rejected=True)
+
+
+def _payable(s_entries: list[Entry] | tuple[Entry, ...], referrals: dict[str, ReferralState],
+             currency: str | None, as_of: int) -> list[Entry]:
+    out = []
+    for e in s_entries:
+        if currency is not None and e.currency != currency:
+            continue
+        if e.payable_at > as_of:
+            continue
+        if e.amount > 0 and referrals[e.referral_id].open_cases:
+            continue  # paused by a review case
+        out.append(e)
+    return out
+
+
+def _on_payout_run(tx: _Tx, run: PayoutRun) -> None:
+    if run.run_id in tx.runs:
+        return  # the same run id twice pays nothing more
+    tx.runs = (*tx.runs, run.run_id)
+    rules = tx.rules
+    payable = _payable(tx.entries, tx.referrals, None, run.as_of)
+    by_currency: dict[str, list[Entry]] = {}
+    for e in payable:
+        by_currency.setdefault(e.currency, []).append(e)
+    covered: set[str] = set()
+    for currency in sorted(by_currency):
+        entries = by_currency[currency]
+        balance = sum(e.amount for e in entries)
+        cfg = rules.currency_rules(currency)
+        if balance < (cfg.min_payout if cfg else 1):
+            continue  # a small or negative balance carries over
+        payout_id = fact_id("payout", tx.ucc, run.run_id, currency)
+        tx.out.append(Routed(PAYOUTS, tx.ucc, PayoutCommand(
+            payout_id, run.run_id, tx.ucc, currency, balance, run.as_of,
+            tuple(e.entry_id for e in entries), rules.revision,
+        )))
+        tx.notify(PAYOUT_CREATED, fact_id(PAYOUT_CREATED, payout_id), None, currency, balance,
+                  run.control_id, run.requested_at)
+        tx.paid[currency] = tx.paid.get(currency, 0) + balance
+        for e in entries:
+            covered.add(e.entry_id)
+            if e.amount > 0:
+                ref = tx.referrals[e.referral_id]
+                rec = ref.payments.get(e.payment_id) if e.payment_id else None
+                if rec is not None and not rec.paid:
+                    ref = _with_payment(ref, e.payment_id or "", _rec(rec, paid=True))
+                if not ref.paid_any:
+                    ref = _ref(ref, paid_any=True)
+                tx.referrals[e.referral_id] = ref
+    if covered:
+        tx.entries = [e for e in tx.entries if e.entry_id not in covered]
+
+
+# --- queries --------------------------------------------------------------------------------
+
+
+def summary(state: ReferrerState, as_of: int) -> ReferrerSummary:
+    """Referrals, and per currency earned, reversed, net, paid and payable as of `as_of`."""
+    currencies = sorted(set(state.earned) | set(state.reversed) | set(state.paid))
+    out: dict[str, CurrencySummary] = {}
+    for c in currencies:
+        earned = state.earned.get(c, 0)
+        rev = state.reversed.get(c, 0)
+        payable = sum(e.amount for e in _payable(state.entries, state.referrals, c, as_of))
+        out[c] = CurrencySummary(earned, rev, earned - rev, state.paid.get(c, 0), payable)
+    open_cases = sum(1 for case in state.cases.values() if case.status == OPEN)
+    return ReferrerSummary(state.ucc, len(state.referrals), out, open_cases)

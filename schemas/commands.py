@@ -1,0 +1,91 @@
+"""The output records of SPEC §8: payouts, notifications, review cases.
+
+Every id is a pure function of the facts it stands for (`fact_id`), so a replayed or
+retried command carries the same id and a consumer can drop duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+# Notification kinds (SPEC §8)
+NEW_SIGNUP = "new_signup"
+REWARD_EARNED = "reward_earned"
+REWARD_REVERSED = "reward_reversed"
+RECURRING_REWARDS_CANCELLED = "recurring_rewards_cancelled"
+PAYOUT_CREATED = "payout_created"
+
+# Review case kinds (SPEC §6)
+ATTRIBUTION_CONFLICT = "attribution_conflict"
+LATE_ATTRIBUTION = "late_attribution"
+UNSUPPORTED_CURRENCY = "unsupported_currency"
+UNLINKED_REFUND = "unlinked_refund"
+LARGE_REWARD = "large_reward"
+CASE_KINDS = (ATTRIBUTION_CONFLICT, LATE_ATTRIBUTION, UNSUPPORTED_CURRENCY, UNLINKED_REFUND, LARGE_REWARD)
+
+
+def fact_id(*parts: str | int | None) -> str:
+    """A 128-bit hex id derived from the facts (order matters; None and "" differ)."""
+    text = "\x1f".join("\x00" if p is None else str(p) for p in parts)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutCommand:
+    payout_id: str
+    run_id: str
+    ucc: str
+    currency: str
+    amount: int
+    as_of: int
+    entry_ids: tuple[str, ...]
+    rules_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationCommand:
+    notification_id: str
+    kind: str
+    ucc: str
+    referral_id: str | None  # None for payout_created
+    currency: str | None
+    amount: int
+    source_event_id: str  # the Stripe event id, or the control record's id for payouts
+    occurred_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewCase:
+    case_id: str
+    kind: str
+    ucc: str
+    referral_id: str
+    details: dict[str, Any]
+    opened_at: int
+
+
+Command = PayoutCommand | NotificationCommand | ReviewCase
+
+
+def encode(command: Command) -> bytes:
+    """JSON bytes with exactly the SPEC §8 fields (keys sorted, so bytes are stable)."""
+    return orjson.dumps(asdict(command), option=orjson.OPT_SORT_KEYS)
+
+
+def decode(raw: bytes) -> Command:
+    """The record back from its JSON (told apart by its id field)."""
+    doc = orjson.loads(raw)
+    if not isinstance(doc, dict):
+        raise ValueError("an output record is a JSON object")
+    if "payout_id" in doc:
+        doc["entry_ids"] = tuple(doc["entry_ids"])
+        return PayoutCommand(**doc)
+    if "notification_id" in doc:
+        return NotificationCommand(**doc)
+    if "case_id" in doc:
+        return ReviewCase(**doc)
+    raise ValueError("not a payout, notification or review case record")

@@ -1,0 +1,93 @@
+"""Records of the control topic: payout runs and review decisions (SPEC §6, §7)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import orjson
+
+from schemas.commands import fact_id
+
+VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutRun:
+    run_id: str
+    as_of: int  # Unix seconds: entries payable by then are paid
+    requested_at: int
+
+    @property
+    def control_id(self) -> str:
+        # the run id is the idempotency key: the same run twice pays nothing more
+        return fact_id("payout_run", self.run_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewDecision:
+    case_id: str
+    ucc: str
+    approve: bool
+    reason: str
+    decided_at: int
+
+    @property
+    def control_id(self) -> str:
+        return fact_id("review_decision", self.case_id, int(self.approve), self.reason, self.decided_at)
+
+
+ControlRecord = PayoutRun | ReviewDecision
+_TYPES: dict[str, type[PayoutRun] | type[ReviewDecision]] = {
+    "payout_run": PayoutRun,
+    "review_decision": ReviewDecision,
+}
+
+
+def control_id(record: ControlRecord) -> str:
+    return record.control_id
+
+
+class ControlDecodeError(ValueError):
+    pass
+
+
+def encode(record: ControlRecord) -> bytes:
+    tag = "payout_run" if isinstance(record, PayoutRun) else "review_decision"
+    return orjson.dumps({"v": VERSION, "type": tag, **asdict(record)}, option=orjson.OPT_SORT_KEYS)
+
+
+def decode(raw: bytes) -> ControlRecord:
+    """Raises ControlDecodeError naming what is wrong."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ControlDecodeError(f"not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ControlDecodeError("a control record is a JSON object")
+    if doc.get("v") != VERSION:
+        raise ControlDecodeError(f"unknown control record version {doc.get('v')!r}")
+    cls = _TYPES.get(doc.get("type", ""))
+    if cls is None:
+        raise ControlDecodeError(f"unknown control record type {doc.get('type')!r}")
+    if cls is PayoutRun:
+        run_id = doc.get("run_id")
+        if not isinstance(run_id, str) or not run_id:
+            raise ControlDecodeError("run_id: expected a non-empty string")
+        return PayoutRun(run_id, _seconds(doc, "as_of"), _seconds(doc, "requested_at"))
+    fields = {k: doc.get(k) for k in ("case_id", "ucc", "approve", "reason", "decided_at")}
+    if not isinstance(fields["case_id"], str) or not isinstance(fields["ucc"], str):
+        raise ControlDecodeError("case_id and ucc: expected strings")
+    if not isinstance(fields["approve"], bool):
+        raise ControlDecodeError("approve: expected true or false")
+    if not isinstance(fields["reason"], str):
+        raise ControlDecodeError("reason: expected a string")
+    return ReviewDecision(
+        fields["case_id"], fields["ucc"], fields["approve"], fields["reason"], _seconds(doc, "decided_at")
+    )
+
+
+def _seconds(doc: dict[str, object], name: str) -> int:
+    v = doc.get(name)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ControlDecodeError(f"{name}: expected Unix seconds")
+    return v

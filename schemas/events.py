@@ -1,0 +1,190 @@
+"""Domain events between the stages (docs/design.md) and `Routed`, where a record goes.
+
+Records travel between stages on internal topics, so each has `encode`/`decode` with
+orjson and a version/type tag. Fields are scalars only, so decoding is `cls(**fields)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import orjson
+
+VERSION = 1
+
+# --- stage "customer" → stage "referrer" (key: ucc) --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Signup:
+    """A customer attributed to `ucc`: the referral's signup (SPEC §3)."""
+
+    ucc: str
+    referral_id: str
+    customer_id: str
+    signed_up_at: int  # the customer object's `created`
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """An eligible-looking paid invoice (or one-off charge) of an attributed customer."""
+
+    ucc: str
+    referral_id: str
+    customer_id: str
+    payment_id: str  # invoice id, or the charge id of a one-off charge
+    currency: str
+    base: int  # amount_paid − tax
+    created: int  # the invoice's `created`: decides the reward window
+    earned_at: int  # status_transitions.paid_at, else created
+    months: int  # N calendar months spanned by its subscription line (1 when not N ≥ 2)
+    late: bool  # paid more than late_attribution_days before the attribution arrived
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refund:
+    """A charge's cumulative refund, linked to its payment."""
+
+    ucc: str
+    referral_id: str
+    customer_id: str
+    payment_id: str
+    charge_id: str
+    amount: int
+    amount_refunded: int  # cumulative
+    created: int
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnlinkedRefund:
+    """A refunded charge that no known payment links to (SPEC §5)."""
+
+    ucc: str
+    referral_id: str
+    customer_id: str
+    charge_id: str
+    currency: str
+    amount: int
+    amount_refunded: int
+    created: int
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionEnded:
+    ucc: str
+    referral_id: str
+    customer_id: str
+    subscription_id: str
+    ended_at: int
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttributionConflict:
+    """A later event names another referrer for an attributed customer (SPEC §3)."""
+
+    ucc: str  # the referrer that keeps the attribution
+    referral_id: str
+    customer_id: str
+    other_ucc: str
+    created: int
+    event_id: str
+
+
+# --- entry → stage "invoice" (key: invoice id), and back ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicePaymentPaid:
+    """An `invoice_payment.paid` event: an invoice paid by a charge or payment intent."""
+
+    invoice_id: str
+    charge_id: str | None
+    payment_intent_id: str | None
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceSeen:
+    """stage "customer" → "invoice": this invoice belongs to this customer."""
+
+    invoice_id: str
+    customer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentLink:
+    """stage "invoice" → "customer": this charge / payment intent paid this invoice."""
+
+    customer_id: str
+    invoice_id: str
+    charge_id: str | None
+    payment_intent_id: str | None
+
+
+ReferrerEvent = Signup | Payment | Refund | UnlinkedRefund | SubscriptionEnded | AttributionConflict
+DomainEvent = ReferrerEvent | InvoicePaymentPaid | InvoiceSeen | PaymentLink
+
+_TYPES: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (
+        Signup, Payment, Refund, UnlinkedRefund, SubscriptionEnded, AttributionConflict,
+        InvoicePaymentPaid, InvoiceSeen, PaymentLink,
+    )
+}
+_FIELDS: dict[str, frozenset[str]] = {
+    name: frozenset(f.name for f in fields(cls)) for name, cls in _TYPES.items()
+}
+
+
+class EventDecodeError(ValueError):
+    pass
+
+
+def encode(event: DomainEvent) -> bytes:
+    return orjson.dumps({"v": VERSION, "t": type(event).__name__, **asdict(event)})
+
+
+def decode(raw: bytes) -> DomainEvent:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise EventDecodeError(f"not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("v") != VERSION:
+        raise EventDecodeError(f"not a version {VERSION} domain event")
+    name = doc.pop("t", None)
+    doc.pop("v")
+    cls = _TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise EventDecodeError(f"unknown domain event type {name!r}")
+    if set(doc) != _FIELDS[name]:
+        raise EventDecodeError(f"{name}: fields {sorted(doc)} do not match {sorted(_FIELDS[name])}")
+    event: DomainEvent = cls(**doc)
+    return event
+
+
+# --- routing ------------------------------------------------------------------------------
+
+# Destinations: the next stage, keyed by `key`, or an output topic (key = ucc).
+CUSTOMER = "customer"
+INVOICE = "invoice"
+REFERRER = "referrer"
+PAYOUTS = "payouts"
+NOTIFICATIONS = "notifications"
+REVIEWS = "reviews"
+STAGES = (CUSTOMER, INVOICE, REFERRER)
+OUTPUTS = (PAYOUTS, NOTIFICATIONS, REVIEWS)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Where a produced record goes: `dest` (a stage or an output), keyed by `key`."""
+
+    dest: str
+    key: str
+    record: Any

@@ -1,0 +1,409 @@
+"""Typed, frozen records for the Stripe objects the reward rules read (SPEC §2).
+
+`parse_event(raw)` reads a verified webhook body with orjson and keeps only what the rules
+need. Both API shapes are read: before 2025-03-31 (`charge.invoice`, `invoice.charge`,
+`invoice.subscription`, lines' `type`/`proration`) and after (`invoice.parent
+.subscription_details.subscription`, `invoice.payments`, `invoice_payment` objects, lines'
+`parent`). Unknown fields are ignored. A body that is not what its type promises raises
+`StripeParseError` naming the field path, never anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# Event types the rules read (SPEC §2); ingest writes these and answers 200 to the rest.
+CUSTOMER_TYPES = frozenset({"customer.created", "customer.updated", "customer.deleted"})
+SUBSCRIPTION_TYPES = frozenset({
+    "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
+})
+CHARGE_TYPES = frozenset({"charge.succeeded", "charge.refunded", "charge.updated"})
+INVOICE_TYPES = frozenset({"invoice.paid"})
+INVOICE_PAYMENT_TYPES = frozenset({"invoice_payment.paid"})
+READ_TYPES = CUSTOMER_TYPES | SUBSCRIPTION_TYPES | CHARGE_TYPES | INVOICE_TYPES | INVOICE_PAYMENT_TYPES
+
+
+class StripeParseError(ValueError):
+    """The body is not the Stripe event it claims to be; `path` names the offending field."""
+
+    def __init__(self, path: str, problem: str):
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    id: str
+    created: int | None  # absent on the bare `deleted_customer` object
+    deleted: bool
+    # metadata, trimmed; empty counts as missing (SPEC §3)
+    ucc: str | None
+    new_user_id: str | None
+    organization_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: str
+    customer: str | None
+    created: int | None
+    status: str | None
+    canceled_at: int | None
+    ended_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceLine:
+    amount: int
+    period_start: int | None
+    period_end: int | None
+    subscription: bool  # a subscription item's line (not an invoice item)
+    proration: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    id: str
+    customer: str | None
+    created: int
+    currency: str
+    amount_paid: int
+    total: int | None
+    total_excluding_tax: int | None
+    paid_at: int | None
+    subscription: str | None
+    charge: str | None  # before 2025-03-31
+    payment_intent: str | None  # before 2025-03-31
+    payment_charges: tuple[str, ...]  # from `payments` (2025-03-31 and later), when included
+    payment_intents: tuple[str, ...]
+    lines: tuple[InvoiceLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    id: str
+    customer: str | None
+    created: int
+    currency: str
+    amount: int
+    amount_refunded: int
+    invoice: str | None
+    one_off: bool  # an explicit `"invoice": null` (SPEC §4); absent (2025-03-31+) is unknown
+    payment_intent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicePayment:
+    id: str
+    invoice: str
+    created: int | None
+    charge: str | None
+    payment_intent: str | None
+    status: str | None
+
+
+StripeObject = Customer | Subscription | Invoice | Charge | InvoicePayment
+
+
+@dataclass(frozen=True, slots=True)
+class StripeEvent:
+    id: str
+    type: str
+    created: int
+    livemode: bool
+    api_version: str | None
+    object: StripeObject | None  # None for a type the rules do not read
+
+    @property
+    def customer_id(self) -> str | None:
+        """The Stripe customer the event is about (the log's key), if any."""
+        obj = self.object
+        if isinstance(obj, Customer):
+            return obj.id
+        if obj is None or isinstance(obj, InvoicePayment):
+            return None
+        return obj.customer
+
+
+# --- field readers: each names the path of what it rejects -------------------------------
+
+
+def _type_name(v: object) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _req_str(d: dict[str, Any], key: str, path: str) -> str:
+    v = d.get(key)
+    if not isinstance(v, str) or not v:
+        raise StripeParseError(f"{path}.{key}", f"expected a non-empty string, got {_type_name(v)}")
+    return v
+
+
+def _opt_str(d: dict[str, Any], key: str, path: str) -> str | None:
+    v = d.get(key)
+    if v is None or v == "":
+        return None
+    if not isinstance(v, str):
+        raise StripeParseError(f"{path}.{key}", f"expected a string or null, got {_type_name(v)}")
+    return v
+
+
+def _ref(d: dict[str, Any], key: str, path: str) -> str | None:
+    """An id field that Stripe may also send expanded as an object with an `id`."""
+    v = d.get(key)
+    if v is None or v == "":
+        return None
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict):
+        return _req_str(v, "id", f"{path}.{key}")
+    raise StripeParseError(f"{path}.{key}", f"expected an id or an object, got {_type_name(v)}")
+
+
+def _req_int(d: dict[str, Any], key: str, path: str) -> int:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise StripeParseError(f"{path}.{key}", f"expected an integer, got {_type_name(v)}")
+    return v
+
+
+def _opt_int(d: dict[str, Any], key: str, path: str) -> int | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise StripeParseError(f"{path}.{key}", f"expected an integer or null, got {_type_name(v)}")
+    return v
+
+
+def _opt_dict(d: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+    v = d.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise StripeParseError(f"{path}.{key}", f"expected an object or null, got {_type_name(v)}")
+    return v
+
+
+def _list_data(d: dict[str, Any], key: str, path: str) -> list[Any]:
+    v = d.get(key)
+    if v is None:
+        return []
+    if isinstance(v, list):
+        return v
+    if isinstance(v, dict):
+        data = v.get("data")
+        if isinstance(data, list):
+            return data
+    raise StripeParseError(f"{path}.{key}", f"expected a list object with `data`, got {_type_name(v)}")
+
+
+def _currency(d: dict[str, Any], key: str, path: str) -> str:
+    v = _req_str(d, key, path).strip().lower()
+    if len(v) != 3 or not v.isalpha() or not v.isascii():
+        raise StripeParseError(f"{path}.{key}", f"expected a 3-letter ISO currency code, got {v!r}")
+    return v
+
+
+def _meta(meta: dict[str, Any], key: str) -> str | None:
+    v = meta.get(key)
+    if isinstance(v, str):
+        v = v.strip()
+        return v or None
+    return None
+
+
+def _expect_object(obj: dict[str, Any], name: str, path: str) -> None:
+    kind = obj.get("object")
+    if kind is not None and kind != name:
+        raise StripeParseError(f"{path}.object", f"expected {name!r} for this event type, got {kind!r}")
+
+
+# --- objects ------------------------------------------------------------------------------
+
+
+def parse_customer(obj: dict[str, Any], path: str = "data.object") -> Customer:
+    _expect_object(obj, "customer", path)
+    meta = _opt_dict(obj, "metadata", path)
+    deleted = obj.get("deleted") is True
+    created = _opt_int(obj, "created", path) if deleted else _req_int(obj, "created", path)
+    return Customer(
+        id=_req_str(obj, "id", path),
+        created=created,
+        deleted=deleted,
+        ucc=_meta(meta, "cello_ucc"),
+        new_user_id=_meta(meta, "new_user_id"),
+        organization_id=_meta(meta, "new_user_organization_id"),
+    )
+
+
+def parse_subscription(obj: dict[str, Any], path: str = "data.object") -> Subscription:
+    _expect_object(obj, "subscription", path)
+    return Subscription(
+        id=_req_str(obj, "id", path),
+        customer=_ref(obj, "customer", path),
+        created=_opt_int(obj, "created", path),
+        status=_opt_str(obj, "status", path),
+        canceled_at=_opt_int(obj, "canceled_at", path),
+        ended_at=_opt_int(obj, "ended_at", path),
+    )
+
+
+def _parse_line(line: Any, path: str) -> InvoiceLine:
+    if not isinstance(line, dict):
+        raise StripeParseError(path, f"expected a line item object, got {_type_name(line)}")
+    period = _opt_dict(line, "period", path)
+    parent = _opt_dict(line, "parent", path)
+    if parent:  # 2025-03-31 and later
+        is_sub = parent.get("type") == "subscription_item_details"
+        details = _opt_dict(parent, "subscription_item_details", f"{path}.parent") if is_sub else {}
+        proration = details.get("proration") is True
+    else:
+        is_sub = line.get("type") == "subscription"
+        proration = line.get("proration") is True
+    return InvoiceLine(
+        amount=_req_int(line, "amount", path),
+        period_start=_opt_int(period, "start", f"{path}.period"),
+        period_end=_opt_int(period, "end", f"{path}.period"),
+        subscription=is_sub,
+        proration=proration,
+    )
+
+
+def parse_invoice(obj: dict[str, Any], path: str = "data.object") -> Invoice:
+    _expect_object(obj, "invoice", path)
+    transitions = _opt_dict(obj, "status_transitions", path)
+    parent = _opt_dict(obj, "parent", path)
+    sub_details = _opt_dict(parent, "subscription_details", f"{path}.parent")
+    subscription = _ref(sub_details, "subscription", f"{path}.parent.subscription_details") or _ref(
+        obj, "subscription", path
+    )
+    charges: list[str] = []
+    intents: list[str] = []
+    for i, pay in enumerate(_list_data(obj, "payments", path)):
+        p = f"{path}.payments.data[{i}]"
+        if not isinstance(pay, dict):
+            raise StripeParseError(p, f"expected an invoice_payment object, got {_type_name(pay)}")
+        if pay.get("status") not in (None, "paid"):
+            continue
+        payment = _opt_dict(pay, "payment", p)
+        ch = _ref(payment, "charge", f"{p}.payment")
+        pi = _ref(payment, "payment_intent", f"{p}.payment")
+        if ch:
+            charges.append(ch)
+        if pi:
+            intents.append(pi)
+    lines = tuple(
+        _parse_line(line, f"{path}.lines.data[{i}]") for i, line in enumerate(_list_data(obj, "lines", path))
+    )
+    return Invoice(
+        id=_req_str(obj, "id", path),
+        customer=_ref(obj, "customer", path),
+        created=_req_int(obj, "created", path),
+        currency=_currency(obj, "currency", path),
+        amount_paid=_req_int(obj, "amount_paid", path),
+        total=_opt_int(obj, "total", path),
+        total_excluding_tax=_opt_int(obj, "total_excluding_tax", path),
+        paid_at=_opt_int(transitions, "paid_at", f"{path}.status_transitions"),
+        subscription=subscription,
+        charge=_ref(obj, "charge", path),
+        payment_intent=_ref(obj, "payment_intent", path),
+        payment_charges=tuple(charges),
+        payment_intents=tuple(intents),
+        lines=lines,
+    )
+
+
+def parse_charge(obj: dict[str, Any], path: str = "data.object") -> Charge:
+    _expect_object(obj, "charge", path)
+    amount = _req_int(obj, "amount", path)
+    refunded = _opt_int(obj, "amount_refunded", path) or 0
+    if amount < 0 or refunded < 0:
+        raise StripeParseError(f"{path}.amount", "amounts must not be negative")
+    return Charge(
+        id=_req_str(obj, "id", path),
+        customer=_ref(obj, "customer", path),
+        created=_req_int(obj, "created", path),
+        currency=_currency(obj, "currency", path),
+        amount=amount,
+        amount_refunded=refunded,
+        invoice=_ref(obj, "invoice", path),
+        one_off="invoice" in obj and obj["invoice"] is None,
+        payment_intent=_ref(obj, "payment_intent", path),
+    )
+
+
+def parse_invoice_payment(obj: dict[str, Any], path: str = "data.object") -> InvoicePayment:
+    _expect_object(obj, "invoice_payment", path)
+    payment = _opt_dict(obj, "payment", path)
+    charge = _ref(payment, "charge", f"{path}.payment")
+    intent = _ref(payment, "payment_intent", f"{path}.payment")
+    kind = payment.get("type")
+    if kind == "charge" and charge is None:
+        raise StripeParseError(f"{path}.payment.charge", "payment.type is 'charge' but no charge id is given")
+    if kind == "payment_intent" and intent is None:
+        raise StripeParseError(
+            f"{path}.payment.payment_intent",
+            "payment.type is 'payment_intent' but no payment intent id is given",
+        )
+    return InvoicePayment(
+        id=_req_str(obj, "id", path),
+        invoice=_ref(obj, "invoice", path) or _req_str(obj, "invoice", path),
+        created=_opt_int(obj, "created", path),
+        charge=charge,
+        payment_intent=intent,
+        status=_opt_str(obj, "status", path),
+    )
+
+
+def _parse_object(event_type: str, obj: dict[str, Any]) -> StripeObject | None:
+    if event_type in CUSTOMER_TYPES:
+        return parse_customer(obj)
+    if event_type in INVOICE_TYPES:
+        return parse_invoice(obj)
+    if event_type in CHARGE_TYPES:
+        return parse_charge(obj)
+    if event_type in SUBSCRIPTION_TYPES:
+        return parse_subscription(obj)
+    if event_type in INVOICE_PAYMENT_TYPES:
+        return parse_invoice_payment(obj)
+    return None
+
+
+def parse_envelope(doc: Any) -> StripeEvent:
+    """A StripeEvent from an already-decoded JSON document."""
+    if not isinstance(doc, dict):
+        raise StripeParseError("$", f"expected a JSON object, got {_type_name(doc)}")
+    if doc.get("object", "event") != "event":
+        raise StripeParseError("object", f"expected 'event', got {doc.get('object')!r}")
+    event_id = _req_str(doc, "id", "$")
+    event_type = _req_str(doc, "type", "$")
+    created = _req_int(doc, "created", "$")
+    livemode = doc.get("livemode", False)
+    if not isinstance(livemode, bool):
+        raise StripeParseError("livemode", f"expected true or false, got {_type_name(livemode)}")
+    data = doc.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise StripeParseError("data.object", "expected the event's object")
+    api_version = doc.get("api_version")
+    return StripeEvent(
+        id=event_id,
+        type=event_type,
+        created=created,
+        livemode=livemode,
+        api_version=api_version if isinstance(api_version, str) else None,
+        object=_parse_object(event_type, data["object"]),
+    )
+
+
+def parse_event(raw: bytes) -> StripeEvent:
+    """Parse a webhook body. Raises StripeParseError (with the field path), nothing else."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise StripeParseError("$", f"not JSON ({exc})") from None
+    return parse_envelope(doc)
