@@ -1,12 +1,39 @@
-"""`refstream rules` (SPEC §13). Not built yet."""
+"""`refstream rules check FILE` (SPEC §10, §13): validate a rules file before using it."""
 
 from __future__ import annotations
 
 import click
 
+from schemas.rules import Rules, RulesError, load_rules
 
-@click.command(name="rules", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def rules(args: tuple[str, ...]) -> None:
-    """Not built yet."""
-    raise click.ClickException("`refstream rules` is not built yet in this version.")
+
+def describe(rules: Rules) -> str:
+    """One line an operator can read back: what the file will do."""
+    parts = [
+        f"revision {rules.revision}",
+        f"{rules.reward_percent}% for {rules.reward_months} months",
+        f"signup bonus in {rules.currency}",
+        f"hold {rules.hold_days} days",
+        f"late attribution {rules.late_attribution_days} days",
+        f"organization level {'on' if rules.organization_level else 'off'}",
+        f"one-off charges {'rewarded' if rules.reward_one_off_charges else 'not rewarded'}",
+    ]
+    currencies = ", ".join(sorted(rules.currencies)) or "none (every invoice opens a review case)"
+    return "ok: " + ", ".join(parts) + f"; currencies: {currencies}"
+
+
+@click.group(name="rules")
+def rules() -> None:
+    """Reward rules files (SPEC §10)."""
+
+
+@rules.command(name="check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=str))
+def check(file: str) -> None:
+    """Validate FILE; explain the first mistake with its line and field."""
+    try:
+        loaded = load_rules(file)
+    except RulesError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    click.echo(describe(loaded))
