@@ -69,8 +69,9 @@ def invoice_paid(inv: str, cus: str, created: int, *, amount_paid: int, total: i
                  total_excluding_tax: int | None = None, currency: str = "usd",
                  paid_at: int | None = None, sub: str | None = None, charge: str | None = None,
                  months: int = 1, new_shape: bool = False, payments_charge: str | None = None,
-                 event_id: str | None = None, at: int | None = None) -> bytes:
-    """`months` ≥ 2 gives a subscription line spanning that many calendar months."""
+                 event_id: str | None = None, at: int | None = None, no_totals: bool = False) -> bytes:
+    """`months` ≥ 2 gives a subscription line spanning that many calendar months;
+    `no_totals` leaves out `total` and `total_excluding_tax`."""
     paid = created if paid_at is None else paid_at
     period = {"start": created, "end": add_months(created, months)}
     obj: dict[str, Any] = {
@@ -82,6 +83,8 @@ def invoice_paid(inv: str, cus: str, created: int, *, amount_paid: int, total: i
         "status_transitions": {"paid_at": paid, "finalized_at": created},
         "livemode": False,
     }
+    if no_totals:
+        del obj["total"], obj["total_excluding_tax"]
     if new_shape:
         line = {"id": f"il_{inv}", "object": "line_item", "amount": amount_paid, "currency": currency,
                 "period": period,
