@@ -1,0 +1,163 @@
+"""SPEC §6: every review case kind pauses the referral; approve releases, reject voids;
+deciding twice changes nothing. Amounts computed by hand (rules as SPEC §10)."""
+
+from __future__ import annotations
+
+from processors.engine import Engine
+from schemas.commands import (
+    ATTRIBUTION_CONFLICT,
+    LARGE_REWARD,
+    LATE_ATTRIBUTION,
+    REWARD_EARNED,
+    REWARD_REVERSED,
+    UNLINKED_REFUND,
+    UNSUPPORTED_CURRENCY,
+    ReviewCase,
+)
+from schemas.rules import Rules
+from tests.unit.builders import customer, invoice_paid, refund, ts
+from tests.unit.conftest import cases, decide, feed, make_rules, notifications, payouts, run
+
+JAN10 = ts("2026-01-10")
+JAN11 = ts("2026-01-11")
+LATER = ts("2026-06-01")
+
+
+def with_conflict(rules: Rules) -> tuple[Engine, ReviewCase]:
+    engine = Engine(rules)
+    feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"),
+         invoice_paid("in_1", "cus_A", JAN11, amount_paid=10000, charge="ch_1"))  # 500 + 1000 + 2500
+    [case] = cases(feed(engine, customer("cus_A", JAN10, ucc="ucc_Y", user="u1", type_="customer.updated",
+                                         at=ts("2026-01-12"))), ATTRIBUTION_CONFLICT)
+    return engine, case
+
+
+def test_an_open_case_withholds_the_referrals_positive_entries(rules: Rules) -> None:
+    engine, _ = with_conflict(rules)
+    assert payouts(run(engine, "r1", LATER)) == []
+    summary = engine.referrer("ucc_X", as_of=LATER)
+    assert summary is not None and summary.open_cases == 1
+    assert (summary.currencies["usd"].earned, summary.currencies["usd"].payable) == (4000, 0)
+
+
+def test_approve_releases_and_deciding_twice_changes_nothing(rules: Rules) -> None:
+    engine, case = with_conflict(rules)
+    assert decide(engine, case, True, ts("2026-02-01")) == []
+    [payout] = payouts(run(engine, "r1", LATER))
+    assert payout.amount == 4000
+    assert decide(engine, case, False, ts("2026-02-02")) == []  # already decided
+    assert engine.referrer("ucc_X").currencies["usd"].earned == 4000  # type: ignore[union-attr]
+
+
+def test_reject_voids_the_referrals_unpaid_entries_and_later_rewards(rules: Rules) -> None:
+    engine, case = with_conflict(rules)
+    decide(engine, case, False, ts("2026-02-01"))
+    assert payouts(run(engine, "r1", LATER)) == []
+    usd = engine.referrer("ucc_X").currencies["usd"]  # type: ignore[union-attr]
+    assert (usd.earned, usd.payable) == (0, 0)
+    # the rejected referral earns nothing more, and reversing its voided reward takes nothing back
+    out = feed(engine, invoice_paid("in_2", "cus_A", ts("2026-02-11"), amount_paid=10000),
+               refund("ch_1", "cus_A", JAN11, amount=10000, amount_refunded=10000, at=ts("2026-02-12"),
+                      invoice="in_1"))
+    assert notifications(out) == []
+    assert decide(engine, case, True, ts("2026-02-02")) == []
+
+
+def test_reject_keeps_the_reversal_of_a_reward_already_paid(rules: Rules) -> None:
+    engine = Engine(rules)
+    feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"),
+         invoice_paid("in_1", "cus_A", JAN11, amount_paid=10000, charge="ch_1"))
+    [paid] = payouts(run(engine, "r1", ts("2026-03-01")))
+    assert paid.amount == 4000
+    feed(engine, invoice_paid("in_2", "cus_A", ts("2026-03-11"), amount_paid=4000))  # +1000, unpaid
+    feed(engine, refund("ch_1", "cus_A", JAN11, amount=10000, amount_refunded=10000, at=ts("2026-03-12"),
+                        invoice="in_1"))  # −2500 of a paid reward
+    [case] = cases(feed(engine, customer("cus_A", JAN10, ucc="ucc_Y", user="u1", type_="customer.updated",
+                                         at=ts("2026-03-13"))))
+    decide(engine, case, False, ts("2026-03-14"))
+    usd = engine.referrer("ucc_X", as_of=LATER).currencies["usd"]  # type: ignore[union-attr]
+    # the unpaid 1000 is void; the clawback of 2500 stays and carries over as a negative balance
+    assert (usd.earned, usd.reversed, usd.paid, usd.payable) == (4000, 2500, 4000, -2500)
+
+
+def test_late_attribution_approved_is_rewarded_by_the_normal_rule(rules: Rules) -> None:
+    engine = Engine(rules)
+    feed(engine, customer("cus_A", JAN10), invoice_paid("in_1", "cus_A", ts("2026-01-15"), amount_paid=4000))
+    [case] = cases(feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1", type_="customer.updated",
+                                         at=ts("2026-03-01"))), LATE_ATTRIBUTION)
+    assert payouts(run(engine, "r1", LATER)) == []  # paused, even the signup bonus
+    out = decide(engine, case, True, ts("2026-03-02"))
+    [n] = notifications(out, REWARD_EARNED)
+    assert n.amount == 1000 + 1000
+    [payout] = payouts(run(engine, "r2", LATER))
+    assert payout.amount == 500 + 2000
+
+
+def test_late_attribution_rejected_voids_the_referral(rules: Rules) -> None:
+    engine = Engine(rules)
+    feed(engine, customer("cus_A", JAN10), invoice_paid("in_1", "cus_A", ts("2026-01-15"), amount_paid=4000))
+    [case] = cases(feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1", type_="customer.updated",
+                                         at=ts("2026-03-01"))))
+    assert decide(engine, case, False, ts("2026-03-02")) == []
+    assert payouts(run(engine, "r1", LATER)) == []
+    assert engine.referrer("ucc_X").currencies["usd"].earned == 0  # type: ignore[union-attr]
+
+
+def test_unsupported_currency_approved_is_rewarded_without_a_cap(rules: Rules) -> None:
+    engine = Engine(rules)
+    out = feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"),
+               invoice_paid("in_1", "cus_A", JAN11, amount_paid=100000, currency="gbp"))
+    [case] = cases(out, UNSUPPORTED_CURRENCY)
+    [n] = notifications(decide(engine, case, True, ts("2026-01-12")), REWARD_EARNED)
+    assert (n.currency, n.amount) == ("gbp", 25000)  # no cap, no purchase bonus configured for gbp
+    out = run(engine, "r1", LATER)
+    assert sorted((p.currency, p.amount) for p in payouts(out)) == [("gbp", 25000)]  # usd 500 < 2000
+
+
+def test_unlinked_refund_approved_is_reversed_at_the_referrals_percent(rules: Rules) -> None:
+    engine = Engine(rules)
+    feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"),
+         invoice_paid("in_1", "cus_A", JAN11, amount_paid=10000, new_shape=True))
+    [case] = cases(feed(engine, refund("ch_x", "cus_A", JAN11, amount=10000, amount_refunded=4000,
+                                       at=ts("2026-01-20"))), UNLINKED_REFUND)
+    [n] = notifications(decide(engine, case, True, ts("2026-01-21")), REWARD_REVERSED)
+    assert n.amount == 1000  # 25 % of 4000
+    # a larger cumulative refund of the same charge afterwards: reversed at once, the difference only
+    [n] = notifications(feed(engine, refund("ch_x", "cus_A", JAN11, amount=10000, amount_refunded=6000,
+                                            at=ts("2026-01-22"))), REWARD_REVERSED)
+    assert n.amount == 500
+    [payout] = payouts(run(engine, "r1", LATER))
+    assert payout.amount == 4000 - 1500
+
+
+def test_unlinked_refund_rejected_is_ignored(rules: Rules) -> None:
+    engine = Engine(rules)
+    feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"),
+         invoice_paid("in_1", "cus_A", JAN11, amount_paid=10000, new_shape=True))
+    [case] = cases(feed(engine, refund("ch_x", "cus_A", JAN11, amount=10000, amount_refunded=4000,
+                                       at=ts("2026-01-20"))))
+    assert decide(engine, case, False, ts("2026-01-21")) == []
+    [payout] = payouts(run(engine, "r1", LATER))
+    assert payout.amount == 4000  # nothing reversed, nothing voided
+
+
+def test_large_reward_approved_is_released() -> None:
+    rules = make_rules(currency_usd={"signup_bonus": 500, "purchase_bonus": 1000, "min_payout": 1,
+                                     "review_above": 1999})
+    engine = Engine(rules)
+    out = feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"),
+               invoice_paid("in_1", "cus_A", JAN11, amount_paid=8000))
+    [case] = cases(out, LARGE_REWARD)
+    assert payouts(run(engine, "r1", LATER)) == []
+    decide(engine, case, True, ts("2026-02-01"))
+    [payout] = payouts(run(engine, "r2", LATER))
+    assert payout.amount == 500 + 1000 + 2000
+
+
+def test_a_decision_for_an_unknown_case_changes_nothing(rules: Rules) -> None:
+    engine, case = with_conflict(rules)
+    bogus = ReviewCase("no-such-case", ATTRIBUTION_CONFLICT, "ucc_X", "user:u1", {}, 0)
+    assert decide(engine, bogus, False, ts("2026-02-01")) == []
+    other = ReviewCase(case.case_id, case.kind, "ucc_nobody", case.referral_id, {}, 0)
+    assert decide(engine, other, False, ts("2026-02-01")) == []
+    assert payouts(run(engine, "r1", LATER)) == []  # still paused
