@@ -278,7 +278,11 @@ def parse_invoice(obj: dict[str, Any], path: str = "data.object") -> Invoice:
     _expect_object(obj, "invoice", path)
     transitions = _opt_dict(obj, "status_transitions", path)
     parent = _opt_dict(obj, "parent", path)
-    sub_details = _opt_dict(parent, "subscription_details", f"{path}.parent")
+    # only a subscription's invoice has subscription_details (a quote's has quote_details)
+    sub_details = (
+        _opt_dict(parent, "subscription_details", f"{path}.parent")
+        if parent.get("type") in (None, "subscription_details") else {}
+    )
     subscription = _ref(sub_details, "subscription", f"{path}.parent.subscription_details") or _ref(
         obj, "subscription", path
     )
