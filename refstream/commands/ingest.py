@@ -1,12 +1,56 @@
-"""`refstream ingest` (SPEC §13). Not built yet."""
+"""`refstream ingest [--host 127.0.0.1] [--port 8080]`: the webhook service (SPEC §2, §13)."""
 
 from __future__ import annotations
 
+import logging
+
 import click
 
+from refstream.settings import ENVIRONMENTS, Settings, SettingsError
 
-@click.command(name="ingest", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def ingest(args: tuple[str, ...]) -> None:
-    """Not built yet."""
-    raise click.ClickException("`refstream ingest` is not built yet in this version.")
+
+@click.command(name="ingest")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--reuse-port", is_flag=True,
+              help="Set SO_REUSEPORT, so several ingest processes can share the port.")
+@click.option("--topic-prefix", default="refstream", show_default=True, hidden=True,
+              help="Topic name prefix (tests and benchmarks use a private one).")
+def ingest(host: str, port: int, reuse_port: bool, topic_prefix: str) -> None:
+    """Receive Stripe webhooks, verify them and write them to Kafka."""
+    from aiohttp import web
+
+    from ingest import logs
+    from ingest.app import create_app
+    from ingest.producer import EventLog
+
+    logs.configure()
+    # aiokafka logs every failed reconnect while a broker is down; our 503s say it once per request
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    enabled = [env for env in ENVIRONMENTS if settings.stripe_secrets.get(env)]
+    if not enabled:
+        raise click.ClickException(
+            "No Stripe signing secret is configured, so ingest would refuse every webhook. "
+            "Set REFSTREAM_STRIPE_SECRETS_SANDBOX (and/or _PRODUCTION) to the endpoint's "
+            "whsec_… secret, e.g. the one `stripe listen` prints."
+        )
+    event_log = EventLog(settings.kafka_bootstrap, timeout_s=settings.produce_timeout_s)
+    app = create_app(settings, event_log, topic_prefix=topic_prefix)
+    log = logging.getLogger("refstream.ingest")
+    log.info(
+        "listening",
+        extra={"host": host, "port": port, "environments": enabled,
+               "kafka": settings.kafka_bootstrap, "produce_timeout_s": settings.produce_timeout_s},
+    )
+    try:
+        web.run_app(app, host=host, port=port, access_log=None, print=None, reuse_port=reuse_port,
+                    handle_signals=True, shutdown_timeout=settings.produce_timeout_s + 1)
+    except OSError as exc:
+        raise click.ClickException(
+            f"Cannot listen on {host}:{port} ({exc.strerror}). Stop the program using it or "
+            "choose another port with --port."
+        ) from exc

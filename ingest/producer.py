@@ -1,0 +1,154 @@
+"""The one way ingest writes: an idempotent `acks=all` producer with a bounded wait.
+
+`EventLog.append` returns only once every in-sync replica has the record, or raises
+`LogUnavailable` within `timeout_s` — ingest then answers 503 and Stripe retries. It never
+reports success for a record Kafka did not confirm.
+
+Ingest must start (and answer /healthz, and 503 on webhooks) while Kafka is down, so the
+producer is started lazily and restarted after a failed start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+
+class LogUnavailable(Exception):
+    """Kafka did not confirm the write in time; `code` and message name the fix."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class EventLog:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        timeout_s: float = 5.0,
+        linger_ms: int = 2,
+        topic_check_ttl_s: float = 30.0,
+        client_id: str = "refstream-ingest",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
+        self._linger_ms = linger_ms
+        self._client_id = client_id
+        self._producer: AIOKafkaProducer | None = None
+        self._start_lock = asyncio.Lock()
+        # topics seen to exist, with the time they were seen: a deleted topic is noticed
+        # within the TTL, and the hot path costs no metadata request
+        self._known_topics: dict[str, float] = {}
+        self._topic_ttl = topic_check_ttl_s
+        self._ready_cache: tuple[float, bool] = (0.0, False)
+        self._closed = False
+
+    async def _ensure_started(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        async with self._start_lock:
+            if self._producer is not None:
+                return self._producer
+            if self._closed:
+                raise LogUnavailable("shutting_down", "ingest is shutting down; Stripe will retry.")
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                client_id=self._client_id,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=self._linger_ms,
+                # a broker that stops answering is noticed well within our own bound's retries
+                request_timeout_ms=max(int(self.timeout_s * 1000), 3000),
+                metadata_max_age_ms=30_000,
+            )
+            try:
+                await producer.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise
+            self._producer = producer
+            return producer
+
+    async def _topic_exists(self, producer: AIOKafkaProducer, topic: str) -> bool:
+        seen = self._known_topics.get(topic)
+        now = time.monotonic()
+        if seen is not None and now - seen < self._topic_ttl:
+            return True
+        # all-topics metadata never auto-creates a topic (a single-topic request may, on
+        # brokers with auto.create.topics.enable): the log must have the configs that
+        # `refstream topics create` gives it, so a missing topic is an operator's fix.
+        cluster = await producer.client.fetch_all_metadata()
+        found = set(cluster.topics())
+        for name in found:
+            if name in self._known_topics or name == topic:
+                self._known_topics[name] = now
+        return topic in found
+
+    async def append(
+        self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                producer = await self._ensure_started()
+                if not await self._topic_exists(producer, topic):
+                    raise LogUnavailable(
+                        "topic_missing",
+                        f"The Kafka topic {topic!r} does not exist, so the event could not be "
+                        "stored. Create the topics with `refstream topics create`; Stripe "
+                        "will retry this delivery.",
+                    )
+                await producer.send_and_wait(topic, value=value, key=key, headers=list(headers))
+        except TimeoutError:
+            raise LogUnavailable(
+                "kafka_timeout",
+                f"Kafka did not confirm the write within {self.timeout_s:g} s, so the event "
+                "was not acknowledged. Stripe will retry; check that the brokers at "
+                f"{self.bootstrap} are up (`refstream kafka up`).",
+            ) from None
+        except (KafkaConnectionError, OSError):
+            raise LogUnavailable(
+                "kafka_unreachable",
+                f"Kafka at {self.bootstrap} is not reachable, so the event was not "
+                "acknowledged. Stripe will retry; start the broker (`refstream kafka up`) or "
+                "fix REFSTREAM_KAFKA_BOOTSTRAP.",
+            ) from None
+        except KafkaError as exc:
+            raise LogUnavailable(
+                "kafka_error",
+                f"Kafka refused the write ({type(exc).__name__}), so the event was not "
+                f"acknowledged. Stripe will retry; check the brokers at {self.bootstrap}.",
+            ) from None
+
+    async def reachable(self, *, timeout_s: float = 1.0, cache_s: float = 1.0) -> bool:
+        """A cheap metadata round trip, cached briefly so probes cannot load the broker."""
+        at, ok = self._ready_cache
+        now = time.monotonic()
+        if now - at < cache_s:
+            return ok
+        try:
+            async with asyncio.timeout(timeout_s):
+                producer = await self._ensure_started()
+                await producer.client.fetch_all_metadata()
+            ok = True
+        except (TimeoutError, KafkaError, OSError, LogUnavailable):
+            ok = False
+        self._ready_cache = (time.monotonic(), ok)
+        return ok
+
+    async def stop(self) -> None:
+        self._closed = True
+        async with self._start_lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            # a stopped broker must not hold shutdown hostage
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), timeout=max(self.timeout_s, 1.0))
