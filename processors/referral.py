@@ -80,6 +80,7 @@ class CustomerState:
     one_offs: tuple[str, ...] = ()  # charges with an explicit `"invoice": null`
     pending_refunds: dict[str, PendingRefund] | None = None  # by charge id
     held: tuple[HeldPayment, ...] = ()
+    late: tuple[HeldPayment, ...] = ()  # sent as late: revisited if attributed_at moves earlier
 
 
 def step(
@@ -137,14 +138,29 @@ def _judge(s: CustomerState, p: HeldPayment, rules: Rules) -> bool | None:
     return s.attributed_at - p.created > rules.late_attribution_days * DAY
 
 
-def _forward(s: CustomerState, p: HeldPayment, rules: Rules, out: list[Routed]) -> None:
+def _forward(s: CustomerState, p: HeldPayment, rules: Rules, out: list[Routed]) -> CustomerState:
     late = _judge(s, p, rules)
     if late is None or s.ucc is None or s.referral_id is None:
-        return
+        return s
     out.append(Routed(REFERRER, s.ucc, Payment(
         s.ucc, s.referral_id, s.customer_id, p.payment_id, p.currency, p.base, p.created,
         p.earned_at, p.months, late, p.event_id,
     )))
+    if late and all(q.payment_id != p.payment_id for q in s.late):
+        s = _copy(s, late=(*s.late, p))
+    return s
+
+
+def _revisit_late(s: CustomerState, rules: Rules, out: list[Routed]) -> CustomerState:
+    """An earlier event with the same attribution arrived: payments judged late against
+    the later time may be in time after all; they are sent again as not late."""
+    still: list[HeldPayment] = []
+    for p in s.late:
+        if _judge(s, p, rules):
+            still.append(p)
+        else:
+            _forward(s, p, rules, out)  # not late now: sent again, not recorded as late
+    return _copy(s, late=tuple(still))
 
 
 def _payment_of(s: CustomerState, charge_id: str, intent: str | None) -> str | None:
@@ -226,6 +242,8 @@ def _on_customer(
         if c.ucc == s.ucc:
             if s.attributed_at is not None and ev.created < s.attributed_at:
                 s = _copy(s, attributed_at=ev.created)
+                if s.late:
+                    s = _revisit_late(s, rules, out)
         elif c.ucc not in s.conflicts:
             ucc, referral_id = s.ucc, s.referral_id
             assert ucc is not None and referral_id is not None
@@ -241,7 +259,7 @@ def _on_customer(
     held = s.held
     s = _copy(s, held=())
     for p in held:
-        _forward(s, p, rules, out)
+        s = _forward(s, p, rules, out)
     s = _report_ended(s, out)
     return _flush_refunds(s, rules, out)
 
@@ -294,8 +312,7 @@ def _on_payment(s: CustomerState, p: HeldPayment, rules: Rules, out: list[Routed
         if any(h.payment_id == p.payment_id for h in s.held):
             return s
         return _copy(s, held=(*s.held, p))
-    _forward(s, p, rules, out)
-    return s
+    return _forward(s, p, rules, out)
 
 
 def _on_charge(
@@ -366,18 +383,23 @@ def dumps(s: CustomerState) -> bytes:
         s.links or {}, s.one_offs,
         {k: [r.amount, r.amount_refunded, r.payment_intent, r.currency, r.created, r.event_id]
          for k, r in (s.pending_refunds or {}).items()},
-        [[p.payment_id, p.currency, p.base, p.created, p.earned_at, p.months, p.subscription, p.event_id]
-         for p in s.held],
+        [_held_row(p) for p in s.held],
+        [_held_row(p) for p in s.late],
     ])
+
+
+def _held_row(p: HeldPayment) -> list[object]:
+    return [p.payment_id, p.currency, p.base, p.created, p.earned_at, p.months, p.subscription, p.event_id]
 
 
 def loads(raw: bytes) -> CustomerState:
     (cid, created, ucc, referral, attributed_at, conflicts, deleted_at, subs, links, one_offs,
-     pending, held) = orjson.loads(raw)
+     pending, held, late) = orjson.loads(raw)
     return CustomerState(
         cid, created, ucc, referral, attributed_at, tuple(conflicts), deleted_at,
         {k: SubscriptionSnapshot(*v) for k, v in subs.items()} or None,
         links or None, tuple(one_offs),
         {k: PendingRefund(*v) for k, v in pending.items()} or None,
         tuple(HeldPayment(*p) for p in held),
+        tuple(HeldPayment(*p) for p in late),
     )

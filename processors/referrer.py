@@ -265,6 +265,11 @@ def _on_payment(tx: _Tx, p: Payment) -> None:
     if ref is None:
         return  # a signup always comes first from stage "customer"; nothing to attach to
     rec = ref.payments.get(p.payment_id)
+    if rec is not None and rec.status == HELD and not p.late and _late_case_open(tx, ref, p.payment_id):
+        # judged late against a later attribution event; an earlier one has arrived since.
+        # Rewarded now; the case stays open (and pausing) until a person decides it.
+        _judge_payment(tx, ref, p, rec.refunds, late_ok=True)
+        return
     if rec is not None and rec.status != PENDING:
         return  # one reward per invoice id
     refunds = rec.refunds if rec is not None else None
@@ -274,6 +279,11 @@ def _on_payment(tx: _Tx, p: Payment) -> None:
             INELIGIBLE, p.currency, refunds=refunds))
         return
     _judge_payment(tx, ref, p, refunds, late_ok=False)
+
+
+def _late_case_open(tx: _Tx, ref: ReferralState, payment_id: str) -> bool:
+    case = tx.cases.get(fact_id(LATE_ATTRIBUTION, tx.ucc, ref.referral_id, payment_id))
+    return case is not None and case.status == OPEN
 
 
 def _judge_payment(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRefund] | None,
@@ -469,6 +479,8 @@ def _on_decision(tx: _Tx, d: ReviewDecision) -> None:
     if p is None:
         return  # attribution_conflict / large_reward: releasing is un-pausing
     rec = ref.payments.get(p.payment_id)
+    if rec is not None and rec.status != HELD:
+        return  # rewarded since (an earlier attribution event arrived): nothing more
     refunds = rec.refunds if rec is not None else None
     if ref.rejected:
         tx.referrals[ref.referral_id] = _with_payment(ref, p.payment_id, PaymentRecord(

@@ -7,7 +7,7 @@ from processors.engine import Engine
 from schemas.commands import LARGE_REWARD, LATE_ATTRIBUTION, REWARD_EARNED, UNSUPPORTED_CURRENCY
 from schemas.rules import Rules
 from tests.unit.builders import charge, customer, invoice_paid, subscription, ts
-from tests.unit.conftest import cases, feed, make_rules, notifications, payouts, run
+from tests.unit.conftest import cases, decide, feed, make_rules, notifications, payouts, run
 
 JAN10 = ts("2026-01-10")
 NO_CAP = {"signup_bonus": 500, "purchase_bonus": 1000, "min_payout": 1}
@@ -221,3 +221,20 @@ def test_no_reward_for_an_invoice_created_after_its_subscription_was_cancelled(r
     # another subscription of the customer still earns
     assert earned(engine, invoice_paid("in_2", "cus_A", ts("2026-03-10"), amount_paid=4000, sub="sub_2")) == [
         2000]
+
+
+def test_a_late_judgement_is_revisited_when_an_earlier_attribution_event_arrives(rules: Rules) -> None:
+    # arrival-order dependent (docs/rules.md): the case stays open; the reward is computed
+    engine = Engine(rules)
+    feed(engine, invoice_paid("in_1", "cus_A", ts("2026-01-15"), amount_paid=4000))
+    # the customer.deleted (carrying the metadata) arrives first: 2026-06-01 is late for in_1
+    out = feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1", type_="customer.deleted",
+                                at=ts("2026-06-01"), deleted=True))
+    [case] = cases(out, LATE_ATTRIBUTION)
+    # then customer.created: attributed since 2026-01-10, so in_1 was in time
+    out = feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"))
+    [n] = notifications(out, REWARD_EARNED)
+    assert n.amount == 1000 + 1000
+    assert decide(engine, case, True, ts("2026-06-02")) == []  # nothing more to release
+    [p] = payouts(run(engine, "r1", ts("2026-07-01")))
+    assert p.amount == 2500
