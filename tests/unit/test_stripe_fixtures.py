@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processors.engine import Engine, route_stripe_event
 from schemas.stripe import (
@@ -133,3 +135,27 @@ def test_malformed_bodies_name_the_field(body: bytes, path: str) -> None:
     with pytest.raises(StripeParseError) as err:
         parse_event(body)
     assert err.value.path == path
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+FIELDS = ["id", "customer", "created", "currency", "amount_paid", "total", "total_excluding_tax",
+          "status_transitions", "parent", "payments", "lines", "subscription", "charge", "object", "amount",
+          "metadata", "payment", "invoice", "amount_refunded", "deleted", "status"]
+OBJECTS = [*sorted(READ), "invoice_payment"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(OBJECTS), st.sampled_from(FIELDS), json_values)
+def test_any_field_value_parses_or_is_refused_naming_a_path(name: str, key: str, value: Any) -> None:
+    obj = fixture("current", name)
+    obj[key] = value
+    types = READ[name][0] if name in READ else ["invoice_payment.paid"]
+    for type_ in types:
+        try:
+            parse_event(wrap(obj, type_))
+        except StripeParseError as exc:
+            assert exc.path.startswith(("data.object", "$"))
