@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import orjson
+
 from processors.money import DAY, add_months, instalments, percent_of, pro_rata
 from schemas.commands import (
     ATTRIBUTION_CONFLICT,
@@ -579,3 +581,58 @@ def summary(state: ReferrerState, as_of: int) -> ReferrerSummary:
         out[c] = CurrencySummary(earned, rev, earned - rev, state.paid.get(c, 0), payable)
     open_cases = sum(1 for case in state.cases.values() if case.status == OPEN)
     return ReferrerSummary(state.ucc, len(state.referrals), out, open_cases)
+
+
+# --- table value codec ----------------------------------------------------------------------
+
+_STATUS = (PENDING, HELD, REWARDED, INELIGIBLE)
+
+
+def _payment_row(p: Payment) -> list[object]:
+    return [p.ucc, p.referral_id, p.customer_id, p.payment_id, p.currency, p.base, p.created, p.earned_at,
+            p.months, p.late, p.event_id]
+
+
+def _refund_row(m: UnlinkedRefund) -> list[object]:
+    return [m.ucc, m.referral_id, m.customer_id, m.charge_id, m.currency, m.amount, m.amount_refunded,
+            m.created, m.event_id]
+
+
+def dumps(s: ReferrerState) -> bytes:
+    """The state as compact JSON (lists, not objects: it is stored once per referrer)."""
+    return orjson.dumps([
+        s.ucc,
+        {rid: [r.signed_up_at, r.rejected, r.purchase_bonus_granted, r.paid_any, r.gross,
+               {pid: [_STATUS.index(p.status), p.currency, p.reward, p.paid,
+                      {ch: [c.amount, c.amount_refunded, c.reversed] for ch, c in p.refunds.items()}
+                      if p.refunds else None]
+                for pid, p in r.payments.items()},
+               r.open_cases]
+         for rid, r in s.referrals.items()},
+        [[e.entry_id, e.referral_id, e.payment_id, e.currency, e.amount, e.payable_at] for e in s.entries],
+        s.earned, s.reversed, s.paid,
+        {cid: [c.kind, c.referral_id, c.status, _payment_row(c.held) if c.held else None,
+               _refund_row(c.refund) if c.refund else None, c.reversed]
+         for cid, c in s.cases.items()},
+        s.runs,
+    ])
+
+
+def loads(raw: bytes) -> ReferrerState:
+    ucc, referrals, entries, earned, reversed_, paid, cases, runs = orjson.loads(raw)
+    return ReferrerState(
+        ucc,
+        {rid: ReferralState(
+            rid, r[0], r[1], r[2], r[3], r[4],
+            {pid: PaymentRecord(_STATUS[p[0]], p[1], p[2], p[3],
+                                {ch: ChargeRefund(*c) for ch, c in p[4].items()} if p[4] else None)
+             for pid, p in r[5].items()},
+            tuple(r[6]))
+         for rid, r in referrals.items()},
+        tuple(Entry(*e) for e in entries),
+        earned, reversed_, paid,
+        {cid: Case(c[0], c[1], c[2], Payment(*c[3]) if c[3] else None,
+                   UnlinkedRefund(*c[4]) if c[4] else None, c[5])
+         for cid, c in cases.items()},
+        tuple(runs),
+    )
