@@ -1,12 +1,86 @@
-"""`refstream worker` (SPEC §13). Not built yet."""
+"""`refstream worker [--web-port 6066]`: a Faust worker for one environment (SPEC §13)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import click
 
+from refstream.settings import SettingsError
+from schemas.rules import RulesError
+from schemas.topics import DEFAULT_PARTITIONS, Topics
 
-@click.command(name="worker", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def worker(args: tuple[str, ...]) -> None:
-    """Not built yet."""
-    raise click.ClickException("`refstream worker` is not built yet in this version.")
+
+def _partitions(bootstrap: str, topic: str) -> int | None:
+    """The stripe-events topic's partition count: every stage is co-partitioned with it."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def probe() -> int | None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+        try:
+            await asyncio.wait_for(consumer.start(), 15)
+            parts = consumer.partitions_for_topic(topic)
+            if parts is None:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic)
+            return len(parts) if parts else None
+        finally:
+            await consumer.stop()
+
+    try:
+        return asyncio.run(probe())
+    except Exception:  # unreachable or unknown: reported by the caller
+        return None
+
+
+@click.command(name="worker")
+@click.option("--web-port", default=6066, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of the web API (GET /referrers/{ucc}, /readyz) on 127.0.0.1.")
+@click.option("--web-host", default="127.0.0.1", show_default=True,
+              help="Address the web API binds and advertises to the other workers.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--topic-prefix", default="refstream", show_default=True, hidden=True,
+              help="Topic name prefix (tests and benchmarks use a private one).")
+def worker(web_port: int, web_host: str, log_level: str, topic_prefix: str) -> None:
+    """Fold the environment's stripe-events into per-referrer tables and emit commands."""
+    import dataclasses
+
+    import faust
+
+    from processors.agents import Pipeline
+    from processors.app import config_from_env, create_app, ensure_internal_topics
+
+    try:
+        cfg = config_from_env(web_port=web_port, topic_prefix=topic_prefix)
+    except (SettingsError, RulesError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    stripe_events = Topics(env=cfg.settings.env, prefix=topic_prefix).stripe_events
+    n = _partitions(cfg.settings.kafka_bootstrap, stripe_events)
+    if n is None:
+        raise click.ClickException(
+            f"Kafka at {cfg.settings.kafka_bootstrap} is not reachable or has no topic "
+            f"{stripe_events}. Start the broker (`refstream kafka up --detach`) and create the "
+            f"topics (`refstream topics create`), or set REFSTREAM_KAFKA_BOOTSTRAP."
+        )
+    cfg = dataclasses.replace(cfg, partitions=n or DEFAULT_PARTITIONS, web_host=web_host)
+    asyncio.run(ensure_internal_topics(cfg))
+    app = create_app(cfg)
+    Pipeline(app, cfg)
+    logging_config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "processors.logs.JsonFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                                "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["stderr"], "level": log_level.upper()},
+        "loggers": {"aiokafka": {"level": "WARNING"}, "faust": {"level": "WARNING"},
+                    "mode": {"level": "WARNING"}},
+    }
+    logging.getLogger("refstream.worker").info(
+        "starting", extra={"app_id": cfg.app_id, "partitions": cfg.partitions, "web_port": web_port,
+                           "kafka": cfg.settings.kafka_bootstrap, "rules_revision": cfg.rules.revision}
+    )
+    faust.Worker(app, loglevel=log_level.upper(), logging_config=logging_config, quiet=True,
+                 redirect_stdouts=False).execute_from_commandline()

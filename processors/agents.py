@@ -1,0 +1,362 @@
+"""Thin agents: decode → pure step → table → send.
+
+Stages (docs/design.md) and the topics between them, all keyed like their state:
+
+    stripe-events (key: customer) ─┐
+    worker-customer (key: customer)┴─> customer agent ── table "referrals"
+    worker-invoice (key: invoice id) ─> invoice agent ── table "invoice-links"
+    worker-referrer (key: ucc)        ─> referrer agent ─ table "referrers" ─> worker-outbox
+    control (1 partition)             ─> control agent (fans payout runs out to every
+                                         worker-referrer partition)
+    worker-outbox (key: ucc)          ─> publisher (transactions, dedupe) ─> payouts,
+                                         notifications, reviews
+
+Each agent takes a batch of records, steps them through the pure core against a per-batch
+cache of table values, sends what they produced, waits for the broker to acknowledge all
+of it, and only then writes the new table values (with their watermarks). That order is
+what makes replays harmless: see processors/delivery.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+
+from processors import invoice_link, referral, referrer
+from processors.app import WorkerConfig
+from processors.delivery import (
+    H_DEST,
+    H_KIND,
+    H_MSG_ID,
+    KIND_COMMAND,
+    KIND_CONTROL,
+    KIND_EVENT,
+    KIND_STRIPE,
+    Envelope,
+    MessageId,
+    dumps_envelope,
+    header,
+    loads_envelope,
+    murmur2_partition,
+)
+from processors.engine import route_stripe_event
+from processors.publisher import Publisher
+from schemas import commands, control, events
+from schemas.events import CUSTOMER, INVOICE, OUTPUTS, REFERRER, Routed
+from schemas.stripe import StripeEvent, StripeParseError, parse_event
+
+log = logging.getLogger("refstream.worker")
+
+BATCH = 1000  # records per batch at most
+WITHIN = 0.01  # seconds a batch waits to fill up
+
+
+@dataclass(slots=True)
+class Out:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    partition: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StageCodec:
+    step: Callable[[Any, Any, Any], tuple[Any, list[Routed]]]
+    dumps: Callable[[Any], bytes]
+    loads: Callable[[bytes], Any]
+
+
+def _codec(module: Any) -> StageCodec:
+    return StageCodec(module.step, module.dumps, module.loads)
+
+
+@dataclass
+class Counters:
+    processed: int = 0
+    skipped: int = 0  # replays below the watermark
+    dead_letters: int = 0
+    batches: int = 0
+    last_batch_at: float = 0.0
+
+
+class Batch:
+    """Table values touched by one batch; written only after its sends are acknowledged."""
+
+    def __init__(self, table: faust.Table) -> None:
+        self.table = table
+        self.envelopes: dict[str, Envelope] = {}
+        self.owner: dict[str, faust.types.EventT] = {}
+        self.dirty: set[str] = set()
+
+    def get(self, key: str, event: faust.types.EventT) -> Envelope:
+        env = self.envelopes.get(key)
+        if env is None:
+            env = loads_envelope(self.table.get(key))
+            self.envelopes[key] = env
+            self.owner[key] = event
+        return env
+
+    def touch(self, key: str, event: faust.types.EventT) -> None:
+        self.dirty.add(key)
+        self.owner[key] = event
+
+    def write(self) -> None:
+        for key in self.dirty:
+            # the table's changelog partition is the current event's: the key's own
+            token = _current_event.set(weakref.ref(self.owner[key]))
+            try:
+                self.table[key] = dumps_envelope(self.envelopes[key])
+            finally:
+                _current_event.reset(token)
+
+
+class Pipeline:
+    """The agents, tables and web views of one worker."""
+
+    def __init__(self, app: faust.App, cfg: WorkerConfig) -> None:
+        self.app = app
+        self.cfg = cfg
+        self.rules = cfg.rules
+        self.counters = Counters()
+        t, n = cfg.topics, cfg.partitions
+        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+        self.t_customer = cfg.internal("customer")
+        self.t_invoice = cfg.internal("invoice")
+        self.t_referrer = cfg.internal("referrer")
+        self.t_outbox = cfg.internal("outbox")
+        internal = {"partitions": n, "internal": True, **raw}
+        self.customer_in = app.topic(t.stripe_events, self.t_customer, partitions=n, **raw)
+        app.topic(self.t_customer, **internal)  # declared (created) with n partitions
+        self.invoice_in = app.topic(self.t_invoice, **internal)
+        self.referrer_in = app.topic(self.t_referrer, **internal)
+        self.outbox = app.topic(self.t_outbox, **internal)
+        self.control_in = app.topic(t.control, partitions=1, **raw)
+        tables = {"partitions": n, "key_type": bytes, "value_type": bytes}
+        # SPEC §9: per customer of a referral (attribution, subscription snapshots, links),
+        # per invoice (its charge), per referrer (referrals, ledger, cases)
+        self.referrals = app.Table("referrals", **tables)
+        self.invoice_links = app.Table("invoice-links", **tables)
+        self.referrers = app.Table("referrers", **tables)
+        self.customer_stage = _codec(referral)
+        self.invoice_stage = _codec(invoice_link)
+        self.referrer_stage = _codec(referrer)
+        self.outputs = {"payouts": t.payouts, "notifications": t.notifications, "reviews": t.reviews}
+        self.publisher = Publisher(
+            bootstrap=cfg.settings.kafka_bootstrap, app_id=cfg.app_id, outbox=self.t_outbox,
+            outputs=self.outputs, partitions=n,
+        )
+        self._install()
+
+    # --- wiring -------------------------------------------------------------------------
+
+    def _install(self) -> None:
+        app = self.app
+        app.agent(self.customer_in, name="customer-stage")(self._run(self._customer_record, self.referrals))
+        app.agent(self.invoice_in, name="invoice-stage")(self._run(self._invoice_record, self.invoice_links))
+        app.agent(self.referrer_in, name="referrer-stage")(self._run(self._referrer_record, self.referrers))
+        app.agent(self.control_in, name="control-fanout")(self._run(self._control_record, None))
+        app.task(self.publisher.run)
+        from processors import web
+
+        web.install(app, self)
+
+    def _run(self, handle: Callable[..., list[Out]], table: faust.Table | None) -> Callable[..., Any]:
+        counters = self.counters
+        app = self.app
+
+        async def agent(stream: faust.StreamT) -> None:
+            async for evs in stream.take_events(BATCH, within=WITHIN):
+                batch = Batch(table) if table is not None else None
+                outs: list[Out] = []
+                for ev in evs:
+                    outs.extend(handle(ev, batch))
+                pending = [
+                    await app.producer.send(o.topic, o.key, o.value, o.partition, None, o.headers)
+                    for o in outs
+                ]
+                if pending:
+                    await asyncio.gather(*pending)
+                if batch is not None:
+                    batch.write()
+                counters.batches += 1
+                counters.last_batch_at = time.time()
+
+        return agent
+
+    # --- stepping -------------------------------------------------------------------------
+
+    def _apply(
+        self, batch: Batch, stage: StageCodec, key: str, mid: MessageId, record: Any,
+        ev: faust.types.EventT, *, store_new: bool = True,
+    ) -> list[Routed] | None:
+        """Step one record for one key; None when it was applied before (a replay)."""
+        env = batch.get(key, ev)
+        if env.seen(mid):
+            self.counters.skipped += 1
+            return None
+        state = stage.loads(env.state) if env.state else None
+        if state is None and not store_new:
+            return []  # a control record for a referrer with nothing: nothing to keep
+        new, routed = stage.step(state, record, self.rules)
+        env.state = stage.dumps(new)
+        env.mark(mid)
+        batch.touch(key, ev)
+        self.counters.processed += 1
+        return routed
+
+    def _route(
+        self, routed: Iterable[Routed], source: MessageId, raw_stripe: bytes | None = None
+    ) -> list[Out]:
+        outs: list[Out] = []
+        for i, r in enumerate(routed):
+            mid = MessageId(source.upstream, source.offset, source.index * 10_000 + i)
+            hid = (H_MSG_ID, mid.encode())
+            if r.dest in OUTPUTS:
+                outs.append(Out(self.t_outbox, r.key.encode(), commands.encode(r.record),
+                                [hid, (H_KIND, KIND_COMMAND), (H_DEST, r.dest.encode())]))
+            elif r.dest == CUSTOMER and isinstance(r.record, StripeEvent):
+                assert raw_stripe is not None
+                outs.append(Out(self.t_customer, r.key.encode(), raw_stripe, [hid, (H_KIND, KIND_STRIPE)]))
+            else:
+                stages = {CUSTOMER: self.t_customer, INVOICE: self.t_invoice, REFERRER: self.t_referrer}
+                topic = stages[r.dest]
+                outs.append(Out(topic, r.key.encode(), events.encode(r.record), [hid, (H_KIND, KIND_EVENT)]))
+        return outs
+
+    def _dead_letter(self, ev: faust.types.EventT, reason: str) -> list[Out]:
+        m = ev.message
+        self.counters.dead_letters += 1
+        log.warning("dead letter", extra={"topic": m.topic, "partition": m.partition, "offset": m.offset,
+                                          "reason": reason[:300]})
+        return [Out(self.cfg.topics.dead_letters, m.key, m.value or b"", [
+            ("refstream-source", f"{m.topic}#{m.partition}@{m.offset}".encode()),
+            ("refstream-reason", reason[:1000].encode()),
+        ])]
+
+    def _customer_record(self, ev: faust.types.EventT, batch: Batch) -> list[Out]:
+        m = ev.message
+        key = m.key.decode() if m.key else ""
+        kind = header(m.headers, H_KIND) if m.topic == self.t_customer else KIND_STRIPE
+        try:
+            if kind == KIND_STRIPE:
+                raw = m.value
+                event = parse_event(raw)
+                routed = route_stripe_event(event)
+            else:
+                raw = None
+                routed = [Routed(CUSTOMER, key, events.decode(m.value))]
+        except (StripeParseError, events.EventDecodeError) as exc:
+            return self._dead_letter(ev, f"undecodable record: {exc}")
+        mid_base = self._incoming_id(m)
+        outs: list[Out] = []
+        for i, r in enumerate(routed):
+            mid = MessageId(mid_base.upstream, mid_base.offset, mid_base.index * 100 + i)
+            if r.dest == CUSTOMER and r.key == key:
+                try:
+                    produced = self._apply(batch, self.customer_stage, key, mid, r.record, ev)
+                except Exception as exc:  # a core bug must not stop the partition
+                    outs += self._dead_letter(ev, f"customer stage failed: {exc!r}")
+                    continue
+                if produced:
+                    outs += self._route(produced, self._own_id(m, i), raw)
+            else:
+                # not this partition's key (an invoice payment, or a differently keyed event)
+                outs += self._route([r], self._own_id(m, i), raw)
+        return outs
+
+    def _invoice_record(self, ev: faust.types.EventT, batch: Batch) -> list[Out]:
+        m = ev.message
+        key = m.key.decode() if m.key else ""
+        try:
+            record = events.decode(m.value)
+        except events.EventDecodeError as exc:
+            return self._dead_letter(ev, f"undecodable record: {exc}")
+        try:
+            produced = self._apply(batch, self.invoice_stage, key, self._incoming_id(m), record, ev)
+        except Exception as exc:
+            return self._dead_letter(ev, f"invoice stage failed: {exc!r}")
+        return self._route(produced or [], self._own_id(m, 0))
+
+    def _referrer_record(self, ev: faust.types.EventT, batch: Batch) -> list[Out]:
+        m = ev.message
+        key = m.key.decode() if m.key else ""
+        kind = header(m.headers, H_KIND)
+        try:
+            record: Any = control.decode(m.value) if kind == KIND_CONTROL else events.decode(m.value)
+        except (control.ControlDecodeError, events.EventDecodeError) as exc:
+            return self._dead_letter(ev, f"undecodable record: {exc}")
+        mid = self._incoming_id(m)
+        if isinstance(record, control.PayoutRun):
+            # one copy per partition: step every referrer this partition owns, in ucc order
+            uccs = sorted(self._owned_referrers(m.partition, batch))
+        else:
+            uccs = [key]
+        store_new = not isinstance(record, control.PayoutRun | control.ReviewDecision)
+        outs: list[Out] = []
+        for j, ucc in enumerate(uccs):
+            try:
+                produced = self._apply(batch, self.referrer_stage, ucc, mid, record, ev, store_new=store_new)
+            except Exception as exc:
+                outs += self._dead_letter(ev, f"referrer stage failed for {ucc}: {exc!r}")
+                continue
+            if produced:
+                outs += self._route(produced, self._own_id(m, j))
+        return outs
+
+    def _control_record(self, ev: faust.types.EventT, batch: Batch | None) -> list[Out]:
+        m = ev.message
+        try:
+            record = control.decode(m.value)
+        except control.ControlDecodeError as exc:
+            return self._dead_letter(ev, f"undecodable control record: {exc}")
+        kind = (H_KIND, KIND_CONTROL)
+        if isinstance(record, control.PayoutRun):
+            return [
+                Out(self.t_referrer, b"*payout-run*", m.value,
+                    [(H_MSG_ID, self._own_id(m, 0).encode()), kind], partition=p)
+                for p in range(self.cfg.partitions)
+            ]
+        return [Out(self.t_referrer, record.ucc.encode(), m.value,
+                    [(H_MSG_ID, self._own_id(m, 0).encode()), kind])]
+
+    # --- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _incoming_id(m: Any) -> MessageId:
+        """The id of the fact a record stands for: its sender's, else the record itself."""
+        raw = header(m.headers, H_MSG_ID)
+        if raw is not None:
+            return MessageId.decode(raw)
+        return MessageId.of_record(m.topic, m.partition, m.offset)
+
+    @staticmethod
+    def _own_id(m: Any, index: int) -> MessageId:
+        """The id base for what processing this record produces."""
+        return MessageId.of_record(m.topic, m.partition, m.offset, index)
+
+    def _owned_referrers(self, partition: int, batch: Batch) -> set[str]:
+        n = self.cfg.partitions
+        keys = {k.decode() if isinstance(k, bytes) else str(k) for k in self.referrers}
+        keys |= set(batch.envelopes)
+        return {k for k in keys if murmur2_partition(k.encode(), n) == partition}
+
+    def summary(self, ucc: str, as_of: int) -> dict[str, Any] | None:
+        env = loads_envelope(self.referrers.get(ucc))
+        if env.state is None:
+            return None
+        state = referrer.loads(env.state)
+        return asdict(referrer.summary(state, as_of))
+
+    def stats(self) -> dict[str, Any]:
+        return {**asdict(self.counters), "published": self.publisher.published,
+                "publisher_dropped_duplicates": self.publisher.dropped}
+

@@ -1,0 +1,120 @@
+"""The faust.App factory: one app (and consumer group) per environment.
+
+Everything the app needs is injected through `WorkerConfig`, so tests and benchmarks run
+it under a private topic prefix, app id and data dir. The agents live in
+`processors/agents.py`; this module only builds and configures the app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import faust
+
+from refstream.settings import Settings
+from schemas.rules import Rules, load_rules
+from schemas.topics import DEFAULT_PARTITIONS, Topics
+
+DEFAULT_RULES = Path(__file__).resolve().parent.parent / "examples" / "rules.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    settings: Settings
+    rules: Rules
+    topics: Topics
+    partitions: int = DEFAULT_PARTITIONS
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    web_token: str | None = None  # bearer token for the web API; None = open (127.0.0.1 only)
+
+    @property
+    def app_id(self) -> str:
+        # `refstream-sandbox` in operation; a test prefix gives a private consumer group
+        return f"{self.topics.prefix}-{self.topics.env}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir / "worker"
+
+    def internal(self, name: str) -> str:
+        """Internal topic names live next to the environment's topics."""
+        return f"{self.topics.prefix}.worker-{name}.{self.topics.env}"
+
+
+def config_from_env(
+    *, web_port: int = 6066, topic_prefix: str = "refstream", partitions: int = DEFAULT_PARTITIONS,
+) -> WorkerConfig:
+    """Settings from the environment (SPEC §13), rules from REFSTREAM_RULES."""
+    settings = Settings.from_env()
+    rules = load_rules(settings.rules_path or DEFAULT_RULES)
+    token = os.environ.get("REFSTREAM_WEB_TOKEN", "").strip() or None
+    return WorkerConfig(
+        settings=settings,
+        rules=rules,
+        topics=Topics(env=settings.env, prefix=topic_prefix),
+        partitions=partitions,
+        web_port=web_port,
+        web_token=token,
+    )
+
+
+def create_app(cfg: WorkerConfig) -> faust.App:
+    return faust.App(
+        cfg.app_id,
+        broker=f"kafka://{cfg.settings.kafka_bootstrap.split(',')[0]}",
+        store="rocksdb://",
+        datadir=str(cfg.data_dir),
+        # At-least-once plus the watermarks of processors/delivery.py and the
+        # transactional publisher: see docs/pipeline.md for why not "exactly_once".
+        processing_guarantee="at_least_once",
+        topic_partitions=cfg.partitions,
+        topic_allow_declare=True,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        # one replica of each table is enough on a dev box; a restarted or new worker
+        # restores from the changelog
+        table_standby_replicas=0,
+        # a dead worker's partitions move on after 10 s instead of faust's 60 s default
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        web_enabled=True,
+        web_bind=cfg.web_host,
+        web_host=cfg.web_host,
+        web_port=cfg.web_port,
+        canonical_url=f"http://{cfg.web_host}:{cfg.web_port}",
+        web_in_thread=False,
+    )
+
+
+INTERNAL_TOPICS = ("customer", "invoice", "referrer", "outbox")
+# Records between stages only need to outlive a worker outage; a week is generous.
+INTERNAL_CONFIG = {"retention.ms": str(7 * 24 * 3600 * 1000), "cleanup.policy": "delete"}
+
+
+async def ensure_internal_topics(cfg: WorkerConfig) -> None:
+    """Create the stage-to-stage topics, co-partitioned with stripe-events (idempotent)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        brokers = len((await admin.describe_cluster()).get("brokers", [])) or 1
+        wanted = [
+            NewTopic(cfg.internal(name), cfg.partitions, min(3, brokers), topic_configs=dict(INTERNAL_CONFIG))
+            for name in INTERNAL_TOPICS
+            if cfg.internal(name) not in existing
+        ]
+        if wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was quicker
+                await admin.create_topics(wanted)
+    finally:
+        await admin.close()

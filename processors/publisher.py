@@ -1,0 +1,181 @@
+"""The dedupe stage before the output topics: outbox → payouts/notifications/reviews.
+
+The referrer stage writes every SPEC §8 record to an internal outbox topic (key = ucc),
+at least once. This publisher copies the outbox to the output topics with Kafka
+transactions of its own (aiokafka, not Faust's): one transactional producer per outbox
+partition (`<app id>-publisher-<p>`, so a restarted or new owner fences the old one and
+aborts its open transaction), and each transaction holds the output records *and* the
+outbox offset. Records whose id (payout_id / notification_id / case_id) already sits in
+that partition of the output topics are dropped; the ids are read back, read_committed,
+when the partition is assigned. So a read_committed consumer of the output topics sees
+each command exactly once, whatever the workers upstream replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from processors.delivery import H_DEST, header
+
+log = logging.getLogger("refstream.worker.publisher")
+
+def command_id(value: bytes) -> str:
+    doc = orjson.loads(value)
+    for name in ("payout_id", "notification_id", "case_id"):
+        if name in doc:
+            return str(doc[name])
+    raise ValueError("not a SPEC §8 record")
+
+
+class Publisher(ConsumerRebalanceListener):
+    def __init__(
+        self, *, bootstrap: str, app_id: str, outbox: str, outputs: dict[str, str], partitions: int
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.app_id = app_id
+        self.group_id = f"{app_id}-publisher"
+        self.outbox = outbox
+        self.outputs = outputs  # dest name → topic
+        self.partitions = partitions
+        self.producers: dict[int, AIOKafkaProducer] = {}
+        self.seen: dict[int, set[str]] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.published = 0
+        self.dropped = 0
+
+    # --- rebalance ------------------------------------------------------------------------
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        for tp in revoked:
+            await self._drop(tp.partition)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        for tp in assigned:
+            if tp.partition not in self.producers:
+                await self._adopt(tp.partition)
+
+    async def _adopt(self, p: int) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            transactional_id=f"{self.app_id}-publisher-{p}",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+        )
+        await producer.start()  # init_transactions: fences and aborts a previous owner's transaction
+        self.producers[p] = producer
+        self.seen[p] = await self._published_ids(p)
+        log.info("publisher partition assigned", extra={"partition": p, "known_ids": len(self.seen[p])})
+
+    async def _drop(self, p: int) -> None:
+        producer = self.producers.pop(p, None)
+        self.seen.pop(p, None)
+        if producer is not None:
+            with contextlib.suppress(KafkaError):
+                await producer.stop()
+
+    async def _published_ids(self, p: int) -> set[str]:
+        """The ids already committed in partition p of the output topics."""
+        ids: set[str] = set()
+        tps = [TopicPartition(t, p) for t in self.outputs.values()]
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await reader.start()
+        try:
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            ends = await reader.end_offsets(tps)
+            deadline = time.monotonic() + 60.0
+            pending = {tp for tp in tps if ends[tp] > 0}
+            while pending and time.monotonic() < deadline:
+                batch = await reader.getmany(*pending, timeout_ms=200, max_records=5000)
+                for msgs in batch.values():
+                    for m in msgs:
+                        if m.value is not None:
+                            ids.add(command_id(m.value))
+                for tp in list(pending):
+                    # aborted records and transaction markers also move the position
+                    if await reader.position(tp) >= ends[tp]:
+                        pending.discard(tp)
+            if pending:
+                raise RuntimeError(f"could not read the output topics up to their end: {pending}")
+        finally:
+            await reader.stop()
+        return ids
+
+    # --- the copy loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
+            max_poll_records=2000,
+        )
+        self.consumer = consumer
+        await consumer.start()
+        consumer.subscribe([self.outbox], listener=self)
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=50, max_records=2000)
+                for tp, msgs in batch.items():
+                    if msgs:
+                        await self._publish(consumer, tp, msgs)
+        finally:
+            for p in list(self.producers):
+                await self._drop(p)
+            await consumer.stop()
+
+    async def _publish(self, consumer: AIOKafkaConsumer, tp: TopicPartition, msgs: list) -> None:  # type: ignore[type-arg]
+        producer = self.producers.get(tp.partition)
+        if producer is None:
+            return  # revoked meanwhile: the new owner reads these again
+        seen = self.seen[tp.partition]
+        fresh: list[str] = []
+        try:
+            async with producer.transaction():
+                for m in msgs:
+                    dest = header(m.headers, H_DEST)
+                    topic = self.outputs.get(dest.decode()) if dest else None
+                    if topic is None or m.value is None:
+                        log.error("outbox record without a known destination", extra={"offset": m.offset})
+                        continue
+                    cid = command_id(m.value)
+                    if cid in seen or cid in fresh:
+                        self.dropped += 1
+                        continue
+                    fresh.append(cid)
+                    await producer.send(topic, m.value, key=m.key, partition=tp.partition)
+                await producer.send_offsets_to_transaction({tp: msgs[-1].offset + 1}, self.group_id)
+        except ProducerFenced:
+            log.warning("publisher fenced: another worker owns the partition now",
+                        extra={"partition": tp.partition})
+            await self._drop(tp.partition)
+            return
+        except KafkaError as exc:
+            # the transaction is aborted: rewind, the records are copied again
+            log.warning("publish transaction failed; retrying", extra={"partition": tp.partition,
+                                                                        "error": repr(exc)})
+            await asyncio.sleep(0.2)
+            await self._drop(tp.partition)
+            await self._adopt(tp.partition)
+            consumer.seek(tp, msgs[0].offset)
+            return
+        seen.update(fresh)
+        self.published += len(fresh)
