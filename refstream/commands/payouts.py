@@ -1,12 +1,93 @@
-"""`refstream payouts` (SPEC §13). Not built yet."""
+"""`refstream payouts run --as-of TS [--run-id ID]`: append a payout run (SPEC §7, §13)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from datetime import UTC, datetime
+
 import click
+import orjson
+
+from refstream.settings import Settings, SettingsError
+from schemas import control
+from schemas.topics import Topics
 
 
-@click.command(name="payouts", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def payouts(args: tuple[str, ...]) -> None:
-    """Not built yet."""
-    raise click.ClickException("`refstream payouts` is not built yet in this version.")
+def parse_ts(text: str) -> int:
+    """ISO 8601 with an offset, or Unix seconds (SPEC §13) → Unix seconds."""
+    raw = text.strip()
+    if raw.lstrip("-").isdigit():
+        return int(raw)
+    try:
+        d = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a timestamp. Use ISO 8601 with an offset, e.g. 2026-02-15T00:00:00+00:00, "
+            "or Unix seconds, e.g. 1771113600."
+        ) from None
+    if d.tzinfo is None:
+        example = raw if "T" in raw else f"{raw}T00:00:00"
+        raise click.BadParameter(
+            f"{text!r} has no UTC offset, so it could mean several instants. Add one, e.g. "
+            f"{example}+00:00 (or Z)."
+        )
+    return int(d.timestamp())
+
+
+def default_run_id(as_of: int) -> str:
+    # derived from as_of alone, so running the same command twice pays nothing more
+    return f"run-{as_of}"
+
+
+async def append_control(bootstrap: str, topic: str, record: control.ControlRecord) -> tuple[int, int]:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                request_timeout_ms=15000)
+    try:
+        await asyncio.wait_for(producer.start(), 15)
+        meta = await asyncio.wait_for(producer.send_and_wait(topic, control.encode(record)), 30)
+    finally:
+        await producer.stop()
+    return meta.partition, meta.offset
+
+
+def settings_or_fail() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def unreachable(settings: Settings) -> click.ClickException:
+    return click.ClickException(
+        f"Kafka at {settings.kafka_bootstrap} did not take the record. Start the broker "
+        "(`refstream kafka up --detach`) or set REFSTREAM_KAFKA_BOOTSTRAP."
+    )
+
+
+@click.group(name="payouts")
+def payouts() -> None:
+    """Payout runs on the control topic."""
+
+
+@payouts.command(name="run")
+@click.option("--as-of", "as_of", required=True, help="Pay entries payable by then: ISO 8601 with an offset, "
+              "or Unix seconds.")
+@click.option("--run-id", default=None, help="Idempotency key of the run [default: derived from --as-of].")
+@click.option("--topic-prefix", default="refstream", hidden=True)
+def run(as_of: str, run_id: str | None, topic_prefix: str) -> None:
+    """Append a payout run; every worker pays what is payable as of TS."""
+    at = parse_ts(as_of)
+    settings = settings_or_fail()
+    record = control.PayoutRun(run_id or default_run_id(at), at, int(time.time()))
+    topic = Topics(settings.env, topic_prefix).control
+    try:
+        partition, offset = asyncio.run(append_control(settings.kafka_bootstrap, topic, record))
+    except Exception as exc:  # connection, timeout or broker error: all mean "not appended"
+        raise unreachable(settings) from exc
+    when = datetime.fromtimestamp(at, UTC).isoformat()
+    click.echo(f"appended payout run {record.run_id!r} as of {when} to {topic} "
+               f"(partition {partition}, offset {offset}):")
+    click.echo(orjson.dumps(orjson.loads(control.encode(record)), option=orjson.OPT_SORT_KEYS).decode())
