@@ -1,0 +1,160 @@
+"""Benchmark: fold a generated log of ≥ 1,000,000 events through the pure core.
+
+    .venv/bin/python -m bench.fold [--customers 100000] [--referrers 10000] [--profile]
+
+Generates the log with bench/gen.py (100,000 customers, 10,000 referrers, monthly payout
+runs), renders it in chunks of raw bytes, and times only `Engine.feed_stripe` /
+`feed_control` on those bytes (parsing included, rendering excluded). Reports events/s,
+peak memory (max RSS of the process, and the RSS the engine's states added), and the
+state per referral as table values (the encoded bytes the workers store), then writes
+bench/results/fold.json. Targets: ≥ 100,000 events/s on one core; < 1 KiB per referral.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import json
+import platform
+import pstats
+import resource
+import sys
+import time
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+
+from bench.gen import Log
+from processors import invoice_link, referral, referrer
+from processors.engine import Engine
+from schemas.rules import parse_rules
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# SPEC §10's rules, with euros configured too; pounds stay unconfigured (review cases)
+RULES = """
+[campaign]
+revision = 3
+currency = "usd"
+reward_percent = 25
+reward_months = 12
+hold_days = 30
+late_attribution_days = 30
+organization_level = false
+reward_one_off_charges = true
+
+[currency.usd]
+max_reward_per_referral = 10000
+signup_bonus = 500
+purchase_bonus = 1000
+min_payout = 2000
+review_above = 50000
+
+[currency.eur]
+max_reward_per_referral = 9000
+purchase_bonus = 900
+min_payout = 2000
+"""
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--customers", type=int, default=100_000)
+    ap.add_argument("--referrers", type=int, default=10_000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--chunk", type=int, default=20_000)
+    ap.add_argument("--profile", action="store_true", help="cProfile the fold, print the top 25")
+    ap.add_argument("--out", type=Path, default=RESULTS / "fold.json")
+    args = ap.parse_args(argv)
+
+    t = time.perf_counter()
+    log = Log(args.customers, args.referrers, args.seed)
+    gen_s = time.perf_counter() - t
+    total = len(log)
+    print(f"generated {total:,} log records ({log.stripe_events:,} Stripe events) in {gen_s:.1f} s",
+          file=sys.stderr)
+
+    engine = Engine(parse_rules(RULES, "bench rules"))
+    outputs: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    fold_s = 0.0
+    raw_bytes = 0
+    rss_before = rss_mib()
+    profiler = cProfile.Profile() if args.profile else None
+    records = log.iter_log()
+    done = 0
+    gc.collect()
+    while True:
+        chunk = list(islice(records, args.chunk))
+        if not chunk:
+            break
+        raw_bytes += sum(len(raw) for _, _, raw in chunk)
+        feed_stripe, feed_control = engine.feed_stripe, engine.feed_control
+        if profiler:
+            profiler.enable()
+        start = time.perf_counter()
+        for source, _, raw in chunk:
+            out = feed_stripe(raw) if source == "stripe" else feed_control(raw)
+            for r in out:
+                outputs[r.dest] += 1
+                kinds[getattr(r.record, "kind", r.dest)] += 1
+        fold_s += time.perf_counter() - start
+        if profiler:
+            profiler.disable()
+        done += len(chunk)
+        print(f"\r{done:,}/{total:,} folded, {done / fold_s:,.0f} events/s", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    rss_after = rss_mib()
+
+    referrals = sum(len(s.referrals) for s in engine.referrers.values())
+    state_bytes = {
+        "customer": sum(len(referral.dumps(s)) for s in engine.customers.values()),
+        "invoice": sum(len(invoice_link.dumps(s)) for s in engine.invoices.values()),
+        "referrer": sum(len(referrer.dumps(s)) for s in engine.referrers.values()),
+    }
+    # per referral: its referrer's share and its customers' states; the invoice-link
+    # states are per invoice, reported on their own
+    attributed = [s for s in engine.customers.values() if s.referral_id is not None]
+    per_referral = (state_bytes["referrer"] + sum(len(referral.dumps(s)) for s in attributed)) / max(
+        referrals, 1)
+    result = {
+        "events": total,
+        "stripe_events": log.stripe_events,
+        "control_events": total - log.stripe_events,
+        "customers": args.customers,
+        "referrers_planned": args.referrers,
+        "referrers_with_referrals": len(engine.referrers),
+        "referrals": referrals,
+        "avg_event_bytes": round(raw_bytes / total),
+        "fold_seconds": round(fold_s, 2),
+        "events_per_second": round(total / fold_s),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "engine_rss_growth_mib": round(rss_after - rss_before, 1),
+        "state_bytes": state_bytes,
+        "state_bytes_per_referral": round(per_referral),
+        "invoice_link_bytes_per_invoice": round(state_bytes["invoice"] / max(len(engine.invoices), 1)),
+        "outputs": dict(sorted(outputs.items())),
+        "output_kinds": dict(sorted(kinds.items())),
+        "python": platform.python_version(),
+        "generated_seconds": round(gen_s, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    ok_speed = result["events_per_second"] >= 100_000
+    ok_state = per_referral < 1024
+    print(f"events/s: {result['events_per_second']:,} (target ≥ 100,000: {'met' if ok_speed else 'MISSED'}); "
+          f"state per referral: {per_referral:,.0f} B (target < 1024: {'met' if ok_state else 'MISSED'})")
+    if profiler:
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
