@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
 
 
 class LogUnavailable(Exception):
@@ -47,6 +48,7 @@ class EventLog:
         # topics seen to exist, with the time they were seen: a deleted topic is noticed
         # within the TTL, and the hot path costs no metadata request
         self._known_topics: dict[str, float] = {}
+        self._topic_locks: dict[str, asyncio.Lock] = {}
         self._topic_ttl = topic_check_ttl_s
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self._closed = False
@@ -80,18 +82,28 @@ class EventLog:
 
     async def _topic_exists(self, producer: AIOKafkaProducer, topic: str) -> bool:
         seen = self._known_topics.get(topic)
-        now = time.monotonic()
-        if seen is not None and now - seen < self._topic_ttl:
+        if seen is not None and time.monotonic() - seen < self._topic_ttl:
             return True
-        # all-topics metadata never auto-creates a topic (a single-topic request may, on
-        # brokers with auto.create.topics.enable): the log must have the configs that
-        # `refstream topics create` gives it, so a missing topic is an operator's fix.
-        cluster = await producer.client.fetch_all_metadata()
-        found = set(cluster.topics())
-        for name in found:
-            if name in self._known_topics or name == topic:
-                self._known_topics[name] = now
-        return topic in found
+        # one check in flight per topic, however many deliveries are waiting for it
+        async with self._topic_locks.setdefault(topic, asyncio.Lock()):
+            seen = self._known_topics.get(topic)
+            if seen is not None and time.monotonic() - seen < self._topic_ttl:
+                return True
+            # allow_auto_topic_creation=False: on brokers with auto.create.topics.enable a
+            # plain metadata request would create the log with default configs instead of
+            # the ones `refstream topics create` gives it (retention forever, replication)
+            client = producer.client
+            node = client.get_random_node()
+            if node is None:
+                raise KafkaConnectionError("no broker known")
+            response = await client.send(node, MetadataRequest([topic], allow_auto_topic_creation=False))
+            exists = any(
+                t["topic"] == topic and t["error_code"] == 0 and t["partitions"]
+                for t in response.to_object()["topics"]
+            )
+            if exists:
+                self._known_topics[topic] = time.monotonic()
+            return exists
 
     async def append(
         self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]

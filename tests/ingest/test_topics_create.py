@@ -62,3 +62,26 @@ def test_cli_names_an_unreachable_broker_and_the_fix(monkeypatch) -> None:
     result = CliRunner().invoke(main, ["topics", "create"])
     assert result.exit_code == 1
     assert "not reachable" in result.output and "refstream kafka up" in result.output
+
+
+async def test_a_delivery_before_topics_create_gets_503_and_no_topic_is_auto_created(
+    bootstrap: str, topic_prefix: str
+) -> None:
+    import json
+
+    from tests.conftest import FIXTURES, sign
+    from tests.ingest.helpers import SANDBOX_SECRET, body_of, envelope, running_ingest, settings
+
+    customer = json.loads((FIXTURES / "current" / "customer.json").read_text())
+    body = body_of(envelope(customer, "customer.created", livemode=False, event_id="evt_too_early"))
+    async with running_ingest(settings(bootstrap), topic_prefix) as client:
+        resp = await client.post("/webhooks/stripe/sandbox", data=body,
+                                 headers={"Stripe-Signature": sign(body, SANDBOX_SECRET)})
+        assert resp.status == 503
+        error = (await resp.json())["error"]
+        assert error["code"] == "topic_missing"
+        assert "refstream topics create" in error["message"]
+    # the broker auto-creates topics on request, but ingest never asks it to: the log must
+    # get the configs `topics create` gives it
+    partitions, _ = await _describe(bootstrap, [Topics("sandbox", topic_prefix).stripe_events])
+    assert partitions == {}
