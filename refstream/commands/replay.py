@@ -1,12 +1,149 @@
-"""`refstream replay` (SPEC §13). Not built yet."""
+"""`refstream replay` (SPEC §11): recompute rewards from the log under any rules.
+
+Reads from Kafka (read-only: no consumer group, no commits) or from an export file, and
+never writes to Kafka. Every mistake an analyst can make ends with one clear message and
+exit code 1, never a traceback.
+"""
 
 from __future__ import annotations
 
+import sys
+from datetime import datetime
+from pathlib import Path
+
 import click
 
+from schemas.rules import Rules, RulesError, load_rules
 
-@click.command(name="replay", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def replay(args: tuple[str, ...]) -> None:
-    """Not built yet."""
-    raise click.ClickException("`refstream replay` is not built yet in this version.")
+
+def parse_ts(value: str) -> int:
+    """A command-line TS (SPEC §13): ISO 8601 with an offset, or Unix seconds."""
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a time. Use ISO 8601 with an offset, e.g. 2026-02-15T00:00:00Z, "
+            f"or Unix seconds, e.g. 1771113600."
+        ) from None
+    if moment.tzinfo is None:
+        raise click.BadParameter(
+            f"{value!r} has no UTC offset, so it could mean any time zone. Add one, e.g. "
+            f"{text}Z or {text}+01:00."
+        )
+    return int(moment.timestamp())
+
+
+def ts_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    return None if value is None else parse_ts(value)
+
+
+def rules_or_fail(path: Path) -> Rules:
+    try:
+        return load_rules(path)
+    except RulesError as exc:
+        raise click.ClickException(
+            f"{exc} (check it with `refstream rules check {path}`)"
+        ) from None
+
+
+def open_source(source: str, topic_prefix: str = "refstream") -> tuple[object, str]:
+    """The source named by --source, and how to name it in messages."""
+    from projections.logsource import FileSource, KafkaSource
+    from refstream.settings import Settings, SettingsError
+    from schemas.topics import Topics
+
+    if source == "kafka":
+        try:
+            settings = Settings.from_env()
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from None
+        return KafkaSource(settings.kafka_bootstrap, Topics(settings.env, topic_prefix)), (
+            f"Kafka {settings.kafka_bootstrap} ({settings.env})"
+        )
+    return FileSource(Path(source)), source
+
+
+def write_out(data: str | bytes, out: Path | None) -> None:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    if out is None:
+        sys.stdout.buffer.write(raw)
+        sys.stdout.flush()
+        return
+    try:
+        out.write_bytes(raw)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write {out}: {exc.strerror}. Check that the folder exists and is writable, "
+            f"or choose another --out."
+        ) from None
+
+
+@click.command(name="replay")
+@click.option("--rules", "rules_path", required=True, type=click.Path(path_type=Path),
+              help="Rules file (TOML, SPEC §10) to fold the log with.")
+@click.option("--source", default="kafka", show_default=True, metavar="kafka|FILE",
+              help="`kafka` (REFSTREAM_KAFKA_BOOTSTRAP, REFSTREAM_ENV) or a file written by "
+                   "`refstream export` (.jsonl or .jsonl.gz).")
+@click.option("--as-of", "as_of", callback=ts_option, metavar="TS",
+              help="Fold the events recorded up to TS and report what is payable then "
+                   "(ISO 8601 with offset, or Unix seconds). Default: the end of the log.")
+@click.option("--compare", "compare_path", type=click.Path(path_type=Path), metavar="OTHER_RULES",
+              help="Also fold with these rules and report the per-referrer deltas, largest first.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write the report here "
+              "instead of stdout.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write a self-contained HTML page with charts.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--topic-prefix", default="refstream", show_default=True, hidden=True,
+              help="Topic name prefix (tests and benchmarks use a private one).")
+def replay(
+    rules_path: Path,
+    source: str,
+    as_of: int | None,
+    compare_path: Path | None,
+    fmt: str,
+    out: Path | None,
+    html_path: Path | None,
+    progress: bool | None,
+    topic_prefix: str,
+) -> None:
+    """Fold the stripe-events and control logs under RULES and report, per referrer and
+    currency: referrals, earned, reversed, net and payable as of TS. Never writes to Kafka."""
+    from projections import report as rep
+    from projections.logsource import SourceError
+    from projections.replay import Progress, fold
+
+    rules = rules_or_fail(rules_path)
+    compare = rules_or_fail(compare_path) if compare_path is not None else None
+    src, name = open_source(source, topic_prefix)
+    bar = Progress(src, "replay", progress)  # type: ignore[arg-type]
+    try:
+        result = fold(src, rules, compare, as_of=as_of, progress=bar)  # type: ignore[arg-type]
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        bar.close()
+    if fmt == "csv":
+        write_out(rep.to_csv(result), out)
+    elif fmt == "json":
+        write_out(rep.to_json(result), out)
+    else:
+        write_out(rep.to_table(result), out)
+    if html_path is not None:
+        write_out(rep.to_html(result), html_path)
+    if out is not None or html_path is not None:
+        click.echo(
+            f"replayed {result.stripe_events:,} stripe events and {result.control_events:,} control "
+            f"events from {name}"
+            + (f"; report in {out}" if out is not None else "")
+            + (f"; charts in {html_path}" if html_path is not None else ""),
+            err=True,
+        )

@@ -1,0 +1,457 @@
+"""Where replay and export read the log from: Kafka (read-only) or an export file.
+
+Both sources yield batches of `LogRecord`s in *replay order*: the stripe-events partitions
+and the control topic merged by record timestamp, each partition kept in offset order.
+The Kafka source never joins a consumer group and never commits: it `assign()`s every
+partition, starts at the earliest offset and stops at the end offsets it saw at start,
+so a replay neither disturbs the live workers nor chases records appended meanwhile.
+An export file is written in replay order already, so reading it back gives the same
+sequence without buffering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import heapq
+import io
+import queue
+import threading
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from schemas.topics import CONTROL, STRIPE_EVENTS, Topics
+
+KINDS = (STRIPE_EVENTS, CONTROL)
+# At equal timestamps a stripe event goes before a control event: a payout run requested
+# in the same millisecond as a payment sees that payment, as the live worker would.
+_KIND_RANK = {STRIPE_EVENTS: 0, CONTROL: 1}
+
+EXPORT_FORMAT = "refstream-export"
+EXPORT_VERSION = 1
+BATCH = 10_000
+
+
+class SourceError(Exception):
+    """The log cannot be read: the message names the problem and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    kind: str  # STRIPE_EVENTS or CONTROL
+    partition: int
+    offset: int
+    timestamp: int  # the Kafka record timestamp, milliseconds since the epoch
+    key: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    value: bytes  # exactly the bytes stored in Kafka
+
+    def order(self) -> tuple[int, int, int, int]:
+        return (self.timestamp, _KIND_RANK[self.kind], self.partition, self.offset)
+
+
+# --- merging ------------------------------------------------------------------------------
+
+
+class TimestampMerger:
+    """K-way merge of per-partition streams by (timestamp, kind, partition, offset).
+
+    Records of one partition keep their offset order even if their timestamps go backwards
+    (producer clocks differ); across partitions the earliest head goes first. A record can
+    only be released once every unfinished partition has a head to compare it with.
+    """
+
+    def __init__(self, partitions: list[tuple[str, int]]) -> None:
+        self._buffers: dict[tuple[str, int], deque[LogRecord]] = {p: deque() for p in partitions}
+        self._open: set[tuple[str, int]] = set(partitions)
+        self._heap: list[tuple[tuple[int, int, int, int], tuple[str, int]]] = []
+        self._in_heap: set[tuple[str, int]] = set()
+
+    def add(self, part: tuple[str, int], records: list[LogRecord]) -> None:
+        if not records:
+            return
+        buf = self._buffers[part]
+        buf.extend(records)
+        if part not in self._in_heap:
+            heapq.heappush(self._heap, (buf[0].order(), part))
+            self._in_heap.add(part)
+
+    def finish(self, part: tuple[str, int]) -> None:
+        self._open.discard(part)
+
+    def waiting_for(self) -> list[tuple[str, int]]:
+        """Unfinished partitions with nothing buffered: the merge cannot go on without them."""
+        return [p for p in self._open if not self._buffers[p]]
+
+    def drain(self) -> list[LogRecord]:
+        out: list[LogRecord] = []
+        if self.waiting_for():
+            return out
+        heap, buffers, in_heap, open_ = self._heap, self._buffers, self._in_heap, self._open
+        while heap:
+            _, part = heap[0]
+            buf = buffers[part]
+            out.append(buf.popleft())
+            if buf:
+                heapq.heapreplace(heap, (buf[0].order(), part))
+            else:
+                heapq.heappop(heap)
+                in_heap.discard(part)
+                if part in open_:
+                    break  # this partition may still deliver an earlier record
+        return out
+
+    @property
+    def done(self) -> bool:
+        """Every partition finished and every buffered record released."""
+        return not self._open and not self._heap
+
+
+# --- Kafka --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaPlan:
+    """What a Kafka read covers, fixed when it starts."""
+
+    topics: dict[str, str]  # kind -> topic name
+    start: dict[tuple[str, int], int]
+    end: dict[tuple[str, int], int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.end[p] - self.start[p] for p in self.end)
+
+
+class KafkaSource:
+    """Reads the stripe-events and control topics of one environment, read-only.
+
+    Iterating yields merged batches. The Kafka client runs on its own thread with its own
+    event loop, so fetching overlaps with the (CPU-bound) fold on the caller's thread.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        *,
+        connect_timeout_s: float = 10.0,
+        stall_timeout_s: float = 60.0,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.connect_timeout_s = connect_timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        self.plan: KafkaPlan | None = None
+
+    @property
+    def total(self) -> int | None:
+        return self.plan.total if self.plan else None
+
+    def __iter__(self) -> Iterator[list[LogRecord]]:
+        q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=16)
+        stop = threading.Event()
+
+        def put(item: tuple[str, Any]) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def run() -> None:
+            try:
+                asyncio.run(self._read(put, stop))
+                put(("end", None))
+            except BaseException as exc:  # handed to the caller's thread, raised there
+                put(("error", exc))
+
+        thread = threading.Thread(target=run, name="refstream-replay-kafka", daemon=True)
+        thread.start()
+        try:
+            while True:
+                what, item = q.get()
+                if what == "batch":
+                    yield item
+                elif what == "plan":
+                    self.plan = item
+                elif what == "error":
+                    raise item
+                else:
+                    return
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+
+    async def _read(self, put: Any, stop: threading.Event) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.errors import KafkaError
+
+        names = {STRIPE_EVENTS: self.topics.stripe_events, CONTROL: self.topics.control}
+        unreachable = (
+            f"cannot reach Kafka at {self.bootstrap} within {self.connect_timeout_s:g} s"
+        )
+        fix = (
+            "Check that the broker runs (`refstream kafka up`) and that REFSTREAM_KAFKA_BOOTSTRAP "
+            "names it, or replay an export with --source FILE.jsonl.gz."
+        )
+        # Metadata through the admin client: it only describes topics (never auto-creates
+        # them), which the consumer's metadata cache would not do for unassigned topics.
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap, client_id="refstream-replay",
+            request_timeout_ms=int(self.connect_timeout_s * 1000),
+        )
+        partitions: dict[str, list[int]] = {}
+        try:
+            await asyncio.wait_for(admin.start(), self.connect_timeout_s)
+            existing = set(await asyncio.wait_for(admin.list_topics(), self.connect_timeout_s))
+            wanted = [n for n in names.values() if n in existing]
+            if wanted:
+                described = await asyncio.wait_for(admin.describe_topics(wanted), self.connect_timeout_s)
+                for topic in described:
+                    partitions[topic["topic"]] = sorted(p["partition"] for p in topic["partitions"])
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise SourceError(f"{unreachable} ({type(exc).__name__}). {fix}") from None
+        finally:
+            await admin.close()
+        if names[STRIPE_EVENTS] not in partitions:
+            raise SourceError(
+                f"topic {names[STRIPE_EVENTS]} does not exist on {self.bootstrap}. Check "
+                f"REFSTREAM_ENV (now {self.topics.env!r}) and REFSTREAM_KAFKA_BOOTSTRAP, or "
+                f"create the topics with `refstream topics create`."
+            )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            client_id="refstream-replay",
+            group_id=None,  # no group: nothing joined, nothing committed, nobody rebalanced
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            request_timeout_ms=int(self.connect_timeout_s * 1000) + 1000,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_poll_records=BATCH,
+        )
+        try:
+            try:
+                await asyncio.wait_for(consumer.start(), self.connect_timeout_s)
+            except (TimeoutError, KafkaError, OSError) as exc:
+                raise SourceError(f"{unreachable} ({type(exc).__name__}). {fix}") from None
+            tps: dict[TopicPartition, tuple[str, int]] = {}
+            for kind, name in names.items():
+                # no control topic yet: no payout runs or decisions to merge
+                for p in partitions.get(name, ()):
+                    tps[TopicPartition(name, p)] = (kind, p)
+            consumer.assign(list(tps))
+            begin = await consumer.beginning_offsets(list(tps))
+            end = await consumer.end_offsets(list(tps))
+            plan = KafkaPlan(
+                topics={k: v for k, v in names.items() if v in partitions},
+                start={tps[tp]: begin[tp] for tp in tps},
+                end={tps[tp]: end[tp] for tp in tps},
+            )
+            if not put(("plan", plan)):
+                return
+            merger = TimestampMerger(list(tps.values()))
+            by_part = {part: tp for tp, part in tps.items()}
+            for tp, part in tps.items():
+                if end[tp] <= begin[tp]:
+                    merger.finish(part)
+                else:
+                    consumer.seek(tp, begin[tp])
+            loop = asyncio.get_running_loop()
+            last_progress = loop.time()
+            while not stop.is_set() and not merger.done:
+                waiting = merger.waiting_for()
+                if not waiting:
+                    out = merger.drain()
+                    if out:
+                        for i in range(0, len(out), BATCH):
+                            if not put(("batch", out[i : i + BATCH])):
+                                return
+                    continue
+                fetched = await consumer.getmany(
+                    *[by_part[p] for p in waiting], timeout_ms=500, max_records=BATCH
+                )
+                got_any = False
+                for tp, msgs in fetched.items():
+                    part = tps[tp]
+                    limit = end[tp]
+                    kind, partition = part
+                    records = [
+                        LogRecord(
+                            kind, partition, m.offset, m.timestamp, m.key,
+                            tuple(m.headers or ()), m.value if m.value is not None else b"",
+                        )
+                        for m in msgs
+                        if m.offset < limit
+                    ]
+                    if records:
+                        got_any = True
+                        merger.add(part, records)
+                for part in waiting:
+                    tp = by_part[part]
+                    if await consumer.position(tp) >= end[tp]:
+                        merger.finish(part)
+                        got_any = True
+                if got_any:
+                    last_progress = loop.time()
+                elif loop.time() - last_progress > self.stall_timeout_s:
+                    raise SourceError(
+                        f"Kafka at {self.bootstrap} delivered nothing for "
+                        f"{self.stall_timeout_s:g} s while records were still due. Check the "
+                        f"broker's health and try again."
+                    )
+        finally:
+            await consumer.stop()
+
+
+# --- export files -------------------------------------------------------------------------
+
+
+def _text_or_b64(raw: bytes) -> tuple[str, bool]:
+    """The bytes as text when they are valid UTF-8 (which round-trips exactly), else base64."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), True
+
+
+def export_header(topics: Topics) -> bytes:
+    return orjson.dumps(
+        {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "env": topics.env,
+            "topics": {STRIPE_EVENTS: topics.stripe_events, CONTROL: topics.control},
+        }
+    )
+
+
+def encode_record(rec: LogRecord) -> bytes:
+    """One export line (without the newline). `value` is the stored body as text; records
+    whose bytes are not UTF-8 carry `value_b64` instead (likewise `key`), so the exact bytes
+    always come back."""
+    obj: dict[str, Any] = {
+        "kind": rec.kind,
+        "partition": rec.partition,
+        "offset": rec.offset,
+        "timestamp": rec.timestamp,
+    }
+    if rec.key is None:
+        obj["key"] = None
+    else:
+        text, b64 = _text_or_b64(rec.key)
+        obj["key_b64" if b64 else "key"] = text
+    headers: list[list[Any]] = []
+    for name, hv in rec.headers:
+        text, b64 = _text_or_b64(hv)
+        headers.append([name, {"b64": text} if b64 else text])
+    obj["headers"] = headers
+    text, b64 = _text_or_b64(rec.value)
+    obj["value_b64" if b64 else "value"] = text
+    return orjson.dumps(obj)
+
+
+def decode_record(line: bytes) -> LogRecord:
+    obj = orjson.loads(line)
+    value = obj.get("value")
+    raw = value.encode("utf-8") if value is not None else base64.b64decode(obj["value_b64"])
+    key = obj.get("key")
+    if key is not None:
+        key_b = key.encode("utf-8")
+    elif "key_b64" in obj:
+        key_b = base64.b64decode(obj["key_b64"])
+    else:
+        key_b = None
+    headers = tuple(
+        (name, hv.encode("utf-8") if isinstance(hv, str) else base64.b64decode(hv["b64"]))
+        for name, hv in obj["headers"]
+    )
+    kind = obj["kind"]
+    if kind not in _KIND_RANK:
+        raise ValueError(f"unknown kind {kind!r}")
+    return LogRecord(kind, int(obj["partition"]), int(obj["offset"]), int(obj["timestamp"]), key_b,
+                     headers, raw)
+
+
+def open_export(path: Path) -> IO[bytes]:
+    """Opens an export for reading; gzip is recognised by its magic bytes, not the name."""
+    raw = open(path, "rb")  # noqa: SIM115 - handed to the caller, who closes it
+    magic = raw.peek(2)[:2] if isinstance(raw, io.BufferedReader) else b""
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+class FileSource:
+    """Reads a file written by `refstream export` (JSONL, or JSONL.gz)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.header: dict[str, Any] | None = None
+        self.total: int | None = None  # unknown without reading the whole file
+
+    def _fail(self, problem: str) -> SourceError:
+        return SourceError(
+            f"cannot read {self.path}: {problem}. Pass a file written by `refstream export "
+            f"--out FILE.jsonl.gz`, or replay straight from Kafka with --source kafka."
+        )
+
+    def __iter__(self) -> Iterator[list[LogRecord]]:
+        try:
+            fh = open_export(self.path)
+        except FileNotFoundError:
+            raise self._fail("there is no such file") from None
+        except IsADirectoryError:
+            raise self._fail("it is a directory") from None
+        except PermissionError:
+            raise self._fail("permission denied") from None
+        except OSError as exc:
+            raise self._fail(exc.strerror or str(exc)) from None
+        number = 1
+        try:
+            with fh:
+                first = fh.readline()
+                try:
+                    header = orjson.loads(first) if first.strip() else None
+                except orjson.JSONDecodeError:
+                    header = None
+                if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
+                    raise self._fail("its first line is not a refstream export header")
+                if header.get("version") != EXPORT_VERSION:
+                    raise self._fail(
+                        f"it is export format version {header.get('version')!r}, this refstream "
+                        f"reads version {EXPORT_VERSION}"
+                    )
+                self.header = header
+                batch: list[LogRecord] = []
+                append = batch.append
+                for number, line in enumerate(fh, start=2):
+                    if not line.strip():
+                        continue
+                    try:
+                        append(decode_record(line))
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise self._fail(f"line {number} is not an export record ({exc})") from None
+                    if len(batch) >= BATCH:
+                        yield batch
+                        batch = []
+                        append = batch.append
+                if batch:
+                    yield batch
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise self._fail(f"the gzip data is damaged or cut short near line {number} ({exc})") from None
+        except OSError as exc:
+            raise self._fail(exc.strerror or str(exc)) from None
+
