@@ -12,10 +12,16 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from processors.engine import Engine
 from projections.logsource import LogRecord
 from projections.report import Figures, Report, build_report
+from schemas.control import ControlDecodeError
+from schemas.control import decode as decode_control
 from schemas.rules import Rules
+from schemas.stripe import StripeParseError, parse_event
 from schemas.topics import STRIPE_EVENTS
+
+UNREADABLE = (StripeParseError, ControlDecodeError)
 
 
 class Source(Protocol):
@@ -27,54 +33,24 @@ class Source(Protocol):
     def __iter__(self) -> Any: ...
 
 
-def _engine(rules: Rules) -> Any:
-    from processors.engine import Engine
+def figures_of(engine: Engine, as_of: int) -> dict[tuple[str, str], Figures]:
+    """Each referrer's figures per currency from the engine's summaries as of `as_of`.
 
-    return Engine(rules)
-
-
-def _unreadable() -> tuple[type[Exception], ...]:
-    """Errors for a record the rules cannot read. The live worker dead-letters such a record
-    and goes on; replay skips and counts it, so both fold the same remaining log."""
-    errors: list[type[Exception]] = []
-    try:
-        from schemas.stripe import StripeParseError
-
-        errors.append(StripeParseError)
-    except ImportError:
-        pass
-    try:
-        from schemas import control
-
-        errors.extend(
-            e for e in vars(control).values()
-            if isinstance(e, type) and issubclass(e, Exception) and e.__module__ == control.__name__
-        )
-    except ImportError:
-        pass
-    return tuple(errors) or (ValueError,)
-
-
-def figures_of(engine: Any, uccs: Iterable[str], as_of: int) -> dict[tuple[str, str], Figures]:
-    """Each referrer's figures per currency from the engine's summary as of `as_of`."""
+    A referrer with referrals but no money yet still gets a row (in the campaign's
+    currency): an analyst asking who brought signups wants to see them.
+    """
     out: dict[tuple[str, str], Figures] = {}
-    for ucc in uccs:
-        summary = engine.referrer(ucc, as_of=as_of)
-        if summary is None:
+    for summary in engine.summaries(as_of):
+        if not summary.currencies:
+            if summary.referrals:
+                out[(summary.ucc, engine.rules.currency)] = Figures(referrals=summary.referrals)
             continue
         for currency, s in summary.currencies.items():
-            out[(ucc, currency)] = Figures(
-                referrals=summary.referrals,
-                earned=s.earned,
-                reversed=abs(s.reversed),
-                payable=s.payable,
+            # the summary's payable already excludes what earlier payout runs paid
+            out[(summary.ucc, currency)] = Figures(
+                referrals=summary.referrals, earned=s.earned, reversed=abs(s.reversed), payable=s.payable,
             )
     return out
-
-
-def _referrers(engine: Any, seen: set[str]) -> Iterable[str]:
-    known = getattr(engine, "referrers", None)
-    return sorted(known()) if callable(known) else sorted(seen)
 
 
 def fold(
@@ -87,39 +63,39 @@ def fold(
 ) -> Report:
     """Folds every record up to `as_of` (Unix seconds, by record timestamp; default: the whole
     log) under `rules` and, in the same pass, under `compare`."""
-    engines = [_engine(rules)] + ([_engine(compare)] if compare is not None else [])
-    unreadable = _unreadable()
+    engines = [Engine(rules)] + ([Engine(compare)] if compare is not None else [])
     until_ms = None if as_of is None else (as_of + 1) * 1000
-    seen: set[str] = set()
     stripe = control = skipped = 0
-    last_ms = 0
     for batch in batches:
         for rec in batch:
-            ts = rec.timestamp
-            if until_ms is not None and ts >= until_ms:
+            if until_ms is not None and rec.timestamp >= until_ms:
                 continue
-            if ts > last_ms:
-                last_ms = ts
             is_stripe = rec.kind == STRIPE_EVENTS
             if is_stripe:
                 stripe += 1
             else:
                 control += 1
-            value = rec.value
             try:
-                for engine in engines:
-                    outs = engine.feed_stripe(value) if is_stripe else engine.feed_control(value)
-                    for routed in outs:
-                        seen.add(routed.key)  # every output record is keyed by its ucc
-            except unreadable:
+                # parsed once, folded by each engine
+                if is_stripe:
+                    event = parse_event(rec.value)
+                    for engine in engines:
+                        engine.feed_event(event)
+                else:
+                    order = decode_control(rec.value)
+                    for engine in engines:
+                        engine.feed_control_record(order)
+            except UNREADABLE:
+                # The live worker dead-letters a record it cannot read and goes on; replay
+                # skips and counts it, so both fold the same remaining log.
                 skipped += 1
         if progress is not None:
             progress(len(batch))
-    at = as_of if as_of is not None else last_ms // 1000
-    mine = figures_of(engines[0], _referrers(engines[0], seen), at)
-    other = figures_of(engines[1], _referrers(engines[1], seen), at) if compare is not None else None
+    # default: the latest event time seen, as the worker's own summaries do
+    at = as_of if as_of is not None else engines[0].latest
     return build_report(
-        mine, other,
+        figures_of(engines[0], at),
+        figures_of(engines[1], at) if compare is not None else None,
         rules_revision=rules.revision,
         compare_revision=compare.revision if compare is not None else None,
         as_of=at, stripe_events=stripe, control_events=control, skipped=skipped,

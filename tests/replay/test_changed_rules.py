@@ -1,0 +1,128 @@
+"""Replay under changed rules gives the hand-computed results of a small scenario (SPEC §4).
+
+The scenario is in scenario.py. Current rules: 25 % for 12 months, signup bonus 5.00,
+purchase bonus 10.00, cap 100.00 per referral, hold 30 days. Proposed: 30 % for 6 months,
+signup bonus 5.00, no purchase bonus, same cap and hold. All amounts in usd cents.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from refstream.cli import main
+from tests.replay.scenario import CURRENT_RULES, PROPOSED_RULES, records, write_export
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    paths = {"log": tmp_path / "scenario.jsonl", "current": tmp_path / "current.toml",
+             "proposed": tmp_path / "proposed.toml"}
+    write_export(paths["log"], records())
+    paths["current"].write_text(CURRENT_RULES)
+    paths["proposed"].write_text(PROPOSED_RULES)
+    return paths
+
+
+def replay(*args: str) -> str:
+    result = CliRunner().invoke(main, ["replay", "--no-progress", *args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+# --- ucc_X (cus_A): invoice base = amount_paid 11900 − tax (11900 − 10000) = 10000 ---------
+# current:  signup 500; in_A1: purchase bonus 1000, then round(10000 × 25 %) = 2500;
+#           in_A2 (2 months in) 2500; in_A3 (7 months in, inside 12) 2500.
+#           earned 500 + 1000 + 2500 + 2500 + 2500 = 9000 (under the 10000 cap).
+#           refund of 5950 of 11900 on in_A1's charge: reversal round(2500 × 5950 / 11900) = 1250.
+#           net 9000 − 1250 = 7750.
+#           payout run as of 02-15 pays what was earned 01-10 (payable 30 days later, 02-09):
+#           500 + 1000 + 2500 = 4000. Payable as of 09-30: the rest, 2500 + 2500 − 1250 = 3750.
+# proposed: signup 500; in_A1: no purchase bonus, round(10000 × 30 %) = 3000; in_A2 3000;
+#           in_A3 is paid 2026-08-10, after 2026-01-10 + 6 months = 2026-07-10: nothing.
+#           earned 500 + 3000 + 3000 = 6500; reversal round(3000 × 5950 / 11900) = 1500;
+#           net 6500 − 1500 = 5000. Run as of 02-15 pays 500 + 3000 = 3500;
+#           payable as of 09-30: 3000 − 1500 = 1500.
+# --- ucc_Y (cus_B): base 50000, cap 10000 ------------------------------------------------------
+# current:  500 + 1000 + round(50000 × 25 %) = 12500 cut to 10000 − 1500 = 8500 → earned 10000.
+# proposed: 500 + round(50000 × 30 %) = 15000 cut to 10000 − 500 = 9500 → earned 10000.
+#           Earned 02-01, payable 03-03: after the run, so all 10000 is payable on 09-30.
+# --- ucc_Z (cus_C): signup bonus only, 500 under both, payable from 03-31. --------------------
+EXPECTED = {
+    # ucc: (referrals, earned, reversed, net, payable) proposed, then current
+    "ucc_X": ((1, 6500, 1500, 5000, 1500), (1, 9000, 1250, 7750, 3750)),
+    "ucc_Y": ((1, 10000, 0, 10000, 10000), (1, 10000, 0, 10000, 10000)),
+    "ucc_Z": ((1, 500, 0, 500, 500), (1, 500, 0, 500, 500)),
+}
+
+
+def test_replay_with_changed_rules_gives_the_hand_computed_figures_and_deltas(files):
+    out = replay("--rules", str(files["proposed"]), "--compare", str(files["current"]),
+                 "--source", str(files["log"]), "--as-of", "2026-09-30T00:00:00Z", "--format", "json")
+    doc = orjson.loads(out)
+    assert doc["as_of"] == "2026-09-30T00:00:00Z"
+    assert (doc["rules_revision"], doc["compare_revision"]) == (4, 3)
+    assert doc["events"] == {"stripe": 8, "control": 1, "skipped": 0}
+    got = {
+        r["ucc"]: (
+            (r["referrals"], r["earned"], r["reversed"], r["net"], r["payable"]),
+            (r["compare_referrals"], r["compare_earned"], r["compare_reversed"], r["compare_net"],
+             r["compare_payable"]),
+        )
+        for r in doc["rows"]
+    }
+    assert got == EXPECTED
+    # sorted by impact: ucc_X loses 7750 − 5000 = 2750 of net; Y and Z do not change
+    assert [(r["ucc"], r["delta_earned"], r["delta_net"], r["delta_payable"]) for r in doc["rows"]] == [
+        ("ucc_X", 6500 - 9000, 5000 - 7750, 1500 - 3750),
+        ("ucc_Y", 0, 0, 0),
+        ("ucc_Z", 0, 0, 0),
+    ]
+    # totals per currency: proposed 6500 + 10000 + 500 = 17000 earned, current 9000 + 10000 + 500 = 19500
+    (total,) = doc["totals"]
+    assert (total["currency"], total["referrals"], total["earned"], total["reversed"], total["net"],
+            total["payable"]) == ("usd", 3, 17000, 1500, 15500, 1500 + 10000 + 500)
+    assert (total["compare_earned"], total["compare_net"], total["compare_payable"]) == (
+        19500, 18250, 3750 + 10000 + 500)
+    assert total["delta_net"] == 15500 - 18250
+
+
+def test_as_of_folds_only_what_was_recorded_by_then(files):
+    # As of 2026-02-20 (current rules): cus_C has not signed up yet and the run of 02-15
+    # paid X's 4000; Y's 10000 earned 02-01 becomes payable only on 03-03.
+    out = replay("--rules", str(files["current"]), "--source", str(files["log"]),
+                 "--as-of", "2026-02-20T00:00:00+00:00", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["row"], r["ucc"], r["earned"], r["reversed"], r["net"], r["payable"]) for r in rows] == [
+        ("referrer", "ucc_X", "4000", "0", "4000", "0"),
+        ("referrer", "ucc_Y", "10000", "0", "10000", "0"),
+        ("total", "", "14000", "0", "14000", "0"),
+    ]
+
+
+def test_table_shows_major_units_with_totals(files):
+    out = replay("--rules", str(files["proposed"]), "--compare", str(files["current"]),
+                 "--source", str(files["log"]), "--as-of", "2026-09-30T00:00:00Z")
+    lines = out.splitlines()
+    x = next(line for line in lines if line.startswith("ucc_X")).split()
+    assert x == ["ucc_X", "usd", "1", "65.00", "15.00", "50.00", "15.00", "77.50", "-27.50"]
+    total = next(line for line in lines if line.startswith("TOTAL")).split()
+    assert total == ["TOTAL", "usd", "3", "170.00", "15.00", "155.00", "120.00", "182.50", "-27.50"]
+
+
+def test_html_report_is_one_self_contained_file(files, tmp_path):
+    page = tmp_path / "report.html"
+    replay("--rules", str(files["proposed"]), "--compare", str(files["current"]),
+           "--source", str(files["log"]), "--format", "csv", "--out", str(tmp_path / "r.csv"),
+           "--html", str(page))
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    assert "<script src=" not in text.replace(" ", "")  # plotly.js is inlined, nothing fetched
+    assert "Plotly.newPlot" in text
+    assert 'id="earned-usd"' in text and 'id="delta-usd"' in text  # the bar chart and the histogram
+    assert "ucc_X" in text
