@@ -117,6 +117,64 @@ async def drive(url: str, bodies: list[tuple[bytes, str]], duration_s: float, co
             "sent_total": next_i}
 
 
+WRK_SCRIPT = r"""
+local reqs = {}
+local i = 0
+init = function(args)
+  for line in io.lines(args[1]) do
+    local tab = line:find("\t")
+    reqs[#reqs + 1] = wrk.format("POST", args[2], {
+      ["Stripe-Signature"] = line:sub(1, tab - 1),
+      ["Content-Type"] = "application/json",
+    }, line:sub(tab + 1))
+  end
+end
+request = function()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+done = function(summary, latency, requests)
+  io.write(string.format(
+    "RESULT %d %d %d %d %d %d %d %d %d %d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), summary.errors.status, summary.errors.connect, summary.errors.read,
+    summary.errors.write, summary.errors.timeout))
+end
+"""
+
+
+def drive_wrk(url: str, bodies: list[tuple[bytes, str]], duration_s: float, concurrency: int,
+              warmup_s: float, workdir: Path) -> dict[str, Any]:
+    """The same load from `wrk` (C, epoll): a load generator that leaves the cores to the server."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    script = workdir / "webhooks.lua"
+    script.write_text(WRK_SCRIPT)
+    data = workdir / "webhooks.tsv"
+    with data.open("wb") as f:
+        # a pool of distinct events, cycled: a repeat is a duplicated delivery, written again like
+        # the first (building each request costs wrk CPU once, at start-up, so keep it small)
+        for body, header in bodies[:2000]:
+            f.write(header.encode() + b"\t" + body + b"\n")
+    base = ["wrk", "-t1", f"-c{concurrency}", "--latency", "-s", str(script),
+            f"{parts.scheme}://{parts.netloc}", "--", str(data), parts.path]
+
+    def run(seconds: float) -> list[int]:
+        out = subprocess.run([*base[:1], f"-d{max(1, round(seconds))}s", *base[1:]],
+                             capture_output=True, text=True, check=True).stdout
+        line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
+        return [int(x) for x in line.split()[1:]]
+
+    warm = run(warmup_s)[0] if warmup_s > 0 else 0
+    n, dur_us, p50, p90, p99, non2xx, *errs = run(duration_s)
+    seconds = dur_us / 1e6
+    ok = n - non2xx
+    return {"client": "wrk", "requests": n, "ok": ok, "statuses": {"2xx": ok, "other": non2xx},
+            "client_errors": sum(errs), "seconds": round(seconds, 2), "per_second": round(ok / seconds, 1),
+            "p50_ms": round(p50 / 1000, 2), "p90_ms": round(p90 / 1000, 2), "p99_ms": round(p99 / 1000, 2),
+            "sent_total": n + warm}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (and its reaped children) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -179,10 +237,19 @@ def main() -> None:
     ap.add_argument("--linger-ms", type=int, default=5, help="ingest's producer batching")
     ap.add_argument("--gunicorn-workers", type=int, default=2 * (os.cpu_count() or 1) + 1)
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--client", choices=["auto", "wrk", "aiohttp"], default="auto",
+                    help="load generator: wrk when installed (apt-get install wrk), else aiohttp")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ingest.json"))
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="refstream-bench-"))
+    use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk") is not None)
+
+    def load(url: str, bodies: list[tuple[bytes, str]]) -> dict[str, Any]:
+        if use_wrk:
+            return drive_wrk(url, bodies, args.duration, args.concurrency, args.warmup, tmp)
+        return asyncio.run(drive(url, bodies, args.duration, args.concurrency, args.warmup))
+
     cluster = None
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -220,8 +287,7 @@ def main() -> None:
         broker_pids = [int(n.pid_file.read_text()) for n in cluster.nodes] if cluster else []
         ingest_pids = [p.pid for p in procs]
         cpu_before = (cpu_of(ingest_pids), cpu_of(broker_pids), cpu_of([os.getpid()]))
-        ingest = asyncio.run(drive(f"http://127.0.0.1:{port}/webhooks/stripe/sandbox", bodies,
-                                   args.duration, args.concurrency, args.warmup))
+        ingest = load(f"http://127.0.0.1:{port}/webhooks/stripe/sandbox", bodies)
         cpu_after = (cpu_of(ingest_pids), cpu_of(broker_pids), cpu_of([os.getpid()]))
         sent = max(ingest["sent_total"], 1)
         # CPU per webhook, whole run incl. warm-up: what the 2 shared cores were spent on
@@ -268,8 +334,7 @@ def main() -> None:
             ref_pids = [rp.pid] + [int(c) for c in Path(f"/proc/{rp.pid}/task/{rp.pid}/children")
                                    .read_text().split()]
             ref_before = (cpu_of(ref_pids), cpu_of([os.getpid()]))
-            reference = asyncio.run(drive(f"http://127.0.0.1:{rport}/webhooks/stripe/sandbox", bodies,
-                                          args.duration, args.concurrency, args.warmup))
+            reference = load(f"http://127.0.0.1:{rport}/webhooks/stripe/sandbox", bodies)
             ref_after = (cpu_of(ref_pids), cpu_of([os.getpid()]))
             rsent = max(reference["sent_total"], 1)
             reference["cpu_ms_per_webhook"] = {
