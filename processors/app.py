@@ -63,6 +63,7 @@ def config_from_env(
 
 
 def create_app(cfg: WorkerConfig) -> faust.App:
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         cfg.app_id,
         broker=f"kafka://{cfg.settings.kafka_bootstrap.split(',')[0]}",

@@ -71,8 +71,8 @@ class Publisher(ConsumerRebalanceListener):
             linger_ms=2,
         )
         await producer.start()  # init_transactions: fences and aborts a previous owner's transaction
-        self.producers[p] = producer
         self.seen[p] = await self._published_ids(p)
+        self.producers[p] = producer  # last: only now may records of p be copied
         log.info("publisher partition assigned", extra={"partition": p, "known_ids": len(self.seen[p])})
 
     async def _drop(self, p: int) -> None:
@@ -145,7 +145,10 @@ class Publisher(ConsumerRebalanceListener):
     async def _publish(self, consumer: AIOKafkaConsumer, tp: TopicPartition, msgs: list) -> None:  # type: ignore[type-arg]
         producer = self.producers.get(tp.partition)
         if producer is None:
-            return  # revoked meanwhile: the new owner reads these again
+            # not (or no longer) ours to copy: put the position back so nothing is skipped
+            with contextlib.suppress(Exception):
+                consumer.seek(tp, msgs[0].offset)
+            return
         seen = self.seen[tp.partition]
         fresh: list[str] = []
         try:
