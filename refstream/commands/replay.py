@@ -51,8 +51,9 @@ def rules_or_fail(path: Path) -> Rules:
         ) from None
 
 
-def open_source(source: str, topic_prefix: str = "refstream") -> tuple[object, str]:
-    """The source named by --source, and how to name it in messages."""
+def open_source(source: str, topic_prefix: str = "refstream", *, headers: bool = True) -> tuple[object, str]:
+    """The source named by --source, and how to name it in messages. The fold never reads
+    headers, so replay asks for none (export keeps them)."""
     from projections.logsource import FileSource, KafkaSource
     from refstream.settings import Settings, SettingsError
     from schemas.topics import Topics
@@ -62,10 +63,11 @@ def open_source(source: str, topic_prefix: str = "refstream") -> tuple[object, s
             settings = Settings.from_env()
         except SettingsError as exc:
             raise click.ClickException(str(exc)) from None
-        return KafkaSource(settings.kafka_bootstrap, Topics(settings.env, topic_prefix)), (
+        return KafkaSource(settings.kafka_bootstrap, Topics(settings.env, topic_prefix),
+                           headers=headers), (
             f"Kafka {settings.kafka_bootstrap} ({settings.env})"
         )
-    return FileSource(Path(source)), source
+    return FileSource(Path(source), headers=headers), source
 
 
 def write_out(data: str | bytes, out: Path | None) -> None:
@@ -123,7 +125,7 @@ def replay(
 
     rules = rules_or_fail(rules_path)
     compare = rules_or_fail(compare_path) if compare_path is not None else None
-    src, name = open_source(source, topic_prefix)
+    src, name = open_source(source, topic_prefix, headers=False)
     bar = Progress(src, "replay", progress)  # type: ignore[arg-type]
     try:
         result = fold(src, rules, compare, as_of=as_of, progress=bar)  # type: ignore[arg-type]
