@@ -48,7 +48,8 @@ def figures_of(engine: Engine, as_of: int) -> dict[tuple[str, str], Figures]:
         for currency, s in summary.currencies.items():
             # the summary's payable already excludes what earlier payout runs paid
             out[(summary.ucc, currency)] = Figures(
-                referrals=summary.referrals, earned=s.earned, reversed=abs(s.reversed), payable=s.payable,
+                referrals=summary.referrals, earned=s.earned, reversed=abs(s.reversed), paid=s.paid,
+                payable=s.payable,
             )
     return out
 
@@ -61,15 +62,13 @@ def fold(
     as_of: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Report:
-    """Folds every record up to `as_of` (Unix seconds, by record timestamp; default: the whole
-    log) under `rules` and, in the same pass, under `compare`."""
+    """Folds the whole log under `rules` and, in the same pass, under `compare`; payable is
+    reported as of `as_of` (Unix seconds; default: the latest event time in the log), the
+    way the worker answers `GET /referrers/{ucc}?as_of=`."""
     engines = [Engine(rules)] + ([Engine(compare)] if compare is not None else [])
-    until_ms = None if as_of is None else (as_of + 1) * 1000
     stripe = control = skipped = 0
     for batch in batches:
         for rec in batch:
-            if until_ms is not None and rec.timestamp >= until_ms:
-                continue
             is_stripe = rec.kind == STRIPE_EVENTS
             if is_stripe:
                 stripe += 1

@@ -33,6 +33,7 @@ class Figures:
     referrals: int = 0
     earned: int = 0  # gross: bonuses and rewards, before reversals
     reversed: int = 0  # reversals, as a positive amount
+    paid: int = 0  # what the payout runs in the log paid (under these rules)
     payable: int = 0  # what a payout run at `as_of` would pay (may be below min_payout)
 
     @property
@@ -44,6 +45,7 @@ class Figures:
             self.referrals + other.referrals,
             self.earned + other.earned,
             self.reversed + other.reversed,
+            self.paid + other.paid,
             self.payable + other.payable,
         )
 
@@ -138,7 +140,7 @@ def major(amount: int, currency: str) -> str:
 
 # --- CSV and JSON -------------------------------------------------------------------------
 
-_BASE = ("referrals", "earned", "reversed", "net", "payable")
+_BASE = ("referrals", "earned", "reversed", "net", "paid", "payable")
 
 
 def _columns(report: Report) -> list[str]:
@@ -152,13 +154,14 @@ def _record(row: Row, kind: str, comparing: bool) -> dict[str, Any]:
     f = row.figures
     rec: dict[str, Any] = {
         "row": kind, "ucc": row.ucc, "currency": row.currency, "referrals": f.referrals,
-        "earned": f.earned, "reversed": f.reversed, "net": f.net, "payable": f.payable,
+        "earned": f.earned, "reversed": f.reversed, "net": f.net, "paid": f.paid, "payable": f.payable,
     }
     if comparing:
         c = row.compare or ZERO
         rec |= {
             "compare_referrals": c.referrals, "compare_earned": c.earned,
-            "compare_reversed": c.reversed, "compare_net": c.net, "compare_payable": c.payable,
+            "compare_reversed": c.reversed, "compare_net": c.net, "compare_paid": c.paid,
+            "compare_payable": c.payable,
             "delta_earned": row.delta_earned, "delta_net": row.delta_net,
             "delta_payable": row.delta_payable,
         }
@@ -200,14 +203,15 @@ def to_json(report: Report) -> bytes:
 
 
 def to_table(report: Report) -> str:
-    head = ["referrer", "cur", "referrals", "earned", "reversed", "net", f"payable {iso(report.as_of)}"]
+    head = ["referrer", "cur", "referrals", "earned", "reversed", "net", "paid",
+            f"payable {iso(report.as_of)}"]
     if report.comparing:
         head += [f"net r{report.compare_revision}", "Δ net"]
 
     def cells(row: Row, label: str) -> list[str]:
         f, cur = row.figures, row.currency
         out = [label, cur, str(f.referrals), major(f.earned, cur), major(f.reversed, cur),
-               major(f.net, cur), major(f.payable, cur)]
+               major(f.net, cur), major(f.paid, cur), major(f.payable, cur)]
         if report.comparing:
             c = row.compare or ZERO
             out += [major(c.net, cur), ("+" if row.delta_net > 0 else "") + major(row.delta_net, cur)]

@@ -92,8 +92,9 @@ def write_out(data: str | bytes, out: Path | None) -> None:
               help="`kafka` (REFSTREAM_KAFKA_BOOTSTRAP, REFSTREAM_ENV) or a file written by "
                    "`refstream export` (.jsonl or .jsonl.gz).")
 @click.option("--as-of", "as_of", callback=ts_option, metavar="TS",
-              help="Fold the events recorded up to TS and report what is payable then "
-                   "(ISO 8601 with offset, or Unix seconds). Default: the end of the log.")
+              help="Report what is payable at TS (ISO 8601 with offset, or Unix seconds). "
+                   "Default: the latest event time in the log. The whole log is folded; to see "
+                   "only what was known by a time, export with --until and replay that file.")
 @click.option("--compare", "compare_path", type=click.Path(path_type=Path), metavar="OTHER_RULES",
               help="Also fold with these rules and report the per-referrer deltas, largest first.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
@@ -118,7 +119,7 @@ def replay(
     topic_prefix: str,
 ) -> None:
     """Fold the stripe-events and control logs under RULES and report, per referrer and
-    currency: referrals, earned, reversed, net and payable as of TS. Never writes to Kafka."""
+    currency: referrals, earned, reversed, net, paid and payable as of TS. Never writes to Kafka."""
     from projections import report as rep
     from projections.logsource import SourceError
     from projections.replay import Progress, fold

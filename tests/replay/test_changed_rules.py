@@ -54,10 +54,10 @@ def replay(*args: str) -> str:
 #           Earned 02-01, payable 03-03: after the run, so all 10000 is payable on 09-30.
 # --- ucc_Z (cus_C): signup bonus only, 500 under both, payable from 03-31. --------------------
 EXPECTED = {
-    # ucc: (referrals, earned, reversed, net, payable) proposed, then current
-    "ucc_X": ((1, 6500, 1500, 5000, 1500), (1, 9000, 1250, 7750, 3750)),
-    "ucc_Y": ((1, 10000, 0, 10000, 10000), (1, 10000, 0, 10000, 10000)),
-    "ucc_Z": ((1, 500, 0, 500, 500), (1, 500, 0, 500, 500)),
+    # ucc: (referrals, earned, reversed, net, paid, payable) proposed, then current
+    "ucc_X": ((1, 6500, 1500, 5000, 3500, 1500), (1, 9000, 1250, 7750, 4000, 3750)),
+    "ucc_Y": ((1, 10000, 0, 10000, 0, 10000), (1, 10000, 0, 10000, 0, 10000)),
+    "ucc_Z": ((1, 500, 0, 500, 0, 500), (1, 500, 0, 500, 0, 500)),
 }
 
 
@@ -70,9 +70,9 @@ def test_replay_with_changed_rules_gives_the_hand_computed_figures_and_deltas(fi
     assert doc["events"] == {"stripe": 8, "control": 1, "skipped": 0}
     got = {
         r["ucc"]: (
-            (r["referrals"], r["earned"], r["reversed"], r["net"], r["payable"]),
+            (r["referrals"], r["earned"], r["reversed"], r["net"], r["paid"], r["payable"]),
             (r["compare_referrals"], r["compare_earned"], r["compare_reversed"], r["compare_net"],
-             r["compare_payable"]),
+             r["compare_paid"], r["compare_payable"]),
         )
         for r in doc["rows"]
     }
@@ -92,17 +92,25 @@ def test_replay_with_changed_rules_gives_the_hand_computed_figures_and_deltas(fi
     assert total["delta_net"] == 15500 - 18250
 
 
-def test_as_of_folds_only_what_was_recorded_by_then(files):
-    # As of 2026-02-20 (current rules): cus_C has not signed up yet and the run of 02-15
-    # paid X's 4000; Y's 10000 earned 02-01 becomes payable only on 03-03.
+def test_payable_as_of_counts_entries_past_their_hold_and_reversals_at_once(files):
+    # Current rules, the whole log folded, payable as of 2026-04-10 00:00:
+    # X: the run of 02-15 paid 4000; in_A2's 2500 (earned 03-10 12:00) is payable from
+    #    04-09 12:00; the reversal of 04-01 counts at once: 2500 − 1250 = 1250; in_A3 not yet.
+    # Y: 10000 earned 02-01, payable from 03-03: 10000. Z: 500 earned 03-01, payable 03-31.
     out = replay("--rules", str(files["current"]), "--source", str(files["log"]),
-                 "--as-of", "2026-02-20T00:00:00+00:00", "--format", "csv")
+                 "--as-of", "2026-04-10T00:00:00+00:00", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert [(r["row"], r["ucc"], r["earned"], r["reversed"], r["net"], r["payable"]) for r in rows] == [
-        ("referrer", "ucc_X", "4000", "0", "4000", "0"),
-        ("referrer", "ucc_Y", "10000", "0", "10000", "0"),
-        ("total", "", "14000", "0", "14000", "0"),
+    assert [(r["row"], r["ucc"], r["earned"], r["reversed"], r["net"], r["paid"], r["payable"])
+            for r in rows] == [
+        ("referrer", "ucc_X", "9000", "1250", "7750", "4000", "1250"),
+        ("referrer", "ucc_Y", "10000", "0", "10000", "0", "10000"),
+        ("referrer", "ucc_Z", "500", "0", "500", "0", "500"),
+        ("total", "", "19500", "1250", "18250", "4000", "11750"),
     ]
+    # as of 2026-02-20 nothing unpaid is past its hold yet
+    out = replay("--rules", str(files["current"]), "--source", str(files["log"]),
+                 "--as-of", "1771545600", "--format", "csv")
+    assert [r["payable"] for r in csv.DictReader(io.StringIO(out))] == ["0", "0", "0", "0"]
 
 
 def test_table_shows_major_units_with_totals(files):
@@ -110,9 +118,9 @@ def test_table_shows_major_units_with_totals(files):
                  "--source", str(files["log"]), "--as-of", "2026-09-30T00:00:00Z")
     lines = out.splitlines()
     x = next(line for line in lines if line.startswith("ucc_X")).split()
-    assert x == ["ucc_X", "usd", "1", "65.00", "15.00", "50.00", "15.00", "77.50", "-27.50"]
+    assert x == ["ucc_X", "usd", "1", "65.00", "15.00", "50.00", "35.00", "15.00", "77.50", "-27.50"]
     total = next(line for line in lines if line.startswith("TOTAL")).split()
-    assert total == ["TOTAL", "usd", "3", "170.00", "15.00", "155.00", "120.00", "182.50", "-27.50"]
+    assert total == ["TOTAL", "usd", "3", "170.00", "15.00", "155.00", "35.00", "120.00", "182.50", "-27.50"]
 
 
 def test_html_report_is_one_self_contained_file(files, tmp_path):
