@@ -1,0 +1,45 @@
+"""Two workers share the partitions; stopping one hands its share to the other."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from projections.demo import Programme, programme, worked_example
+from schemas.commands import NotificationCommand
+from tests.pipeline.stack import Stack, of_kind
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_two_workers_share_hand_over_and_answer_for_every_referrer(stack: Stack) -> None:
+    bodies = worked_example() + list(programme(Programme(referrers=8, customers=60, seed=31)))
+    half = len(bodies) // 2
+    await stack.start_ingest()
+    one = await stack.start_worker("worker-1")
+    two = await stack.start_worker("worker-2")
+    await stack.post(bodies[:half])
+    got = await stack.assert_outputs_match_engine()
+
+    # both took part: each folded records of its own partitions
+    for worker in (one, two):
+        _, stats = await stack.get_json(worker, "/readyz")
+        assert stats["processed"] > 0, f"{worker.name} got no partitions"
+
+    # any worker answers for any referrer, from the partition that owns it
+    uccs = sorted({n.ucc for n in of_kind(got, NotificationCommand)})
+    for ucc in uccs:
+        answers = [await stack.get_json(w, f"/referrers/{ucc}?as_of=1771113600") for w in (one, two)]
+        assert answers[0][0] == 200, answers[0]
+        assert answers[0] == answers[1]
+    status, body = await stack.get_json(one, "/referrers/ucc_nobody")
+    assert status == 404 and "no referrer" in body["error"]
+
+    # stopping one: the other takes over its partitions, with the same guarantee
+    stack.stop(one)
+    await stack.post(bodies[half:])
+    await stack.payout_run("2026-02-15T00:00:00+00:00")
+    got = await stack.assert_outputs_match_engine()
+    for ucc in sorted({n.ucc for n in of_kind(got, NotificationCommand)}):
+        status, summary = await stack.get_json(two, f"/referrers/{ucc}?as_of=1771113600")
+        assert status == 200 and summary["ucc"] == ucc, orjson.dumps(summary)
