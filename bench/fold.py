@@ -16,6 +16,7 @@ import argparse
 import cProfile
 import gc
 import json
+import os
 import platform
 import pstats
 import resource
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     outputs: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
     fold_s = 0.0
+    fold_cpu = 0.0
     raw_bytes = 0
     rss_before = rss_mib()
     profiler = cProfile.Profile() if args.profile else None
@@ -98,13 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         feed_stripe, feed_control = engine.feed_stripe, engine.feed_control
         if profiler:
             profiler.enable()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for source, _, raw in chunk:
             out = feed_stripe(raw) if source == "stripe" else feed_control(raw)
             for r in out:
                 outputs[r.dest] += 1
                 kinds[getattr(r.record, "kind", r.dest)] += 1
         fold_s += time.perf_counter() - start
+        fold_cpu += time.process_time() - start_cpu
         if profiler:
             profiler.disable()
         done += len(chunk)
@@ -133,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         "referrals": referrals,
         "avg_event_bytes": round(raw_bytes / total),
         "fold_seconds": round(fold_s, 2),
+        "fold_cpu_seconds": round(fold_cpu, 2),
+        # wall clock on a shared machine counts time waiting for a core; CPU time is
+        # what one core spent, the figure the target ("on one core") is about
         "events_per_second": round(total / fold_s),
+        "events_per_cpu_second": round(total / fold_cpu),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "cores": os.cpu_count(),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "engine_rss_growth_mib": round(rss_after - rss_before, 1),
         "state_bytes": state_bytes,
@@ -147,9 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    ok_speed = result["events_per_second"] >= 100_000
+    ok_speed = result["events_per_cpu_second"] >= 100_000
     ok_state = per_referral < 1024
-    print(f"events/s: {result['events_per_second']:,} (target ≥ 100,000: {'met' if ok_speed else 'MISSED'}); "
+    print(f"events/s: {result['events_per_second']:,} wall, "
+          f"{result['events_per_cpu_second']:,} per CPU second "
+          f"(target ≥ 100,000: {'met' if ok_speed else 'MISSED'}); "
           f"state per referral: {per_referral:,.0f} B (target < 1024: {'met' if ok_state else 'MISSED'})")
     if profiler:
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)

@@ -7,7 +7,7 @@ halves (in either order) and sends the customer stage a `PaymentLink` for each p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -17,8 +17,7 @@ from schemas.rules import Rules
 InvoiceMessage = InvoicePaymentPaid | InvoiceSeen
 
 
-@dataclass(frozen=True, slots=True)
-class InvoiceLinkState:
+class InvoiceLinkState(NamedTuple):
     invoice_id: str
     customer_id: str | None
     # (charge id, payment intent id) pairs seen on invoice_payment.paid, in arrival order

@@ -8,7 +8,7 @@ domain events to stage "referrer" (key: ucc) and asks stage "invoice" to join
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -32,8 +32,7 @@ from schemas.stripe import Charge, Customer, Invoice, StripeEvent, Subscription
 CustomerMessage = StripeEvent | PaymentLink
 
 
-@dataclass(frozen=True, slots=True)
-class HeldPayment:
+class HeldPayment(NamedTuple):
     """A payment seen before the customer was attributed (or before it could be judged)."""
 
     payment_id: str
@@ -46,8 +45,7 @@ class HeldPayment:
     event_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRefund:
+class PendingRefund(NamedTuple):
     """A charge's largest cumulative refund seen, waiting for attribution or a link."""
 
     amount: int
@@ -58,16 +56,14 @@ class PendingRefund:
     event_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class SubscriptionSnapshot:
+class SubscriptionSnapshot(NamedTuple):
     snapshot_at: int  # the event `created` of the snapshot kept (latest wins)
     ended_at: int | None  # when it ended, if the kept snapshot says it did
     ended_by: str | None  # the event that said so
     reported: bool  # recurring_rewards_cancelled already sent
 
 
-@dataclass(frozen=True, slots=True)
-class CustomerState:
+class CustomerState(NamedTuple):
     customer_id: str
     created: int | None = None  # the customer object's `created`: the signup time
     ucc: str | None = None
@@ -111,12 +107,6 @@ def step(
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _copy(s: CustomerState, **changes: object) -> CustomerState:
-    values = {name: getattr(s, name) for name in CustomerState.__slots__}
-    values.update(changes)
-    return CustomerState(**values)
-
-
 def referral_id_for(customer: Customer, rules: Rules) -> str | None:
     """`org:<org id>` at organisation level when present, else `user:<new_user_id>`."""
     if rules.organization_level and customer.organization_id:
@@ -147,7 +137,7 @@ def _forward(s: CustomerState, p: HeldPayment, rules: Rules, out: list[Routed]) 
         p.earned_at, p.months, late, p.event_id,
     )))
     if late and all(q.payment_id != p.payment_id for q in s.late):
-        s = _copy(s, late=(*s.late, p))
+        s = s._replace(late=(*s.late, p))
     return s
 
 
@@ -160,7 +150,7 @@ def _revisit_late(s: CustomerState, rules: Rules, out: list[Routed]) -> Customer
             still.append(p)
         else:
             _forward(s, p, rules, out)  # not late now: sent again, not recorded as late
-    return _copy(s, late=tuple(still))
+    return s._replace(late=tuple(still))
 
 
 def _payment_of(s: CustomerState, charge_id: str, intent: str | None) -> str | None:
@@ -197,7 +187,7 @@ def _flush_refunds(s: CustomerState, rules: Rules, out: list[Routed]) -> Custome
     remaining = {
         charge: r for charge, r in s.pending_refunds.items() if not _send_refund(s, charge, r, rules, out)
     }
-    return _copy(s, pending_refunds=remaining or None)
+    return s._replace(pending_refunds=remaining or None)
 
 
 def _flush_linked_refunds(s: CustomerState, rules: Rules, out: list[Routed]) -> CustomerState:
@@ -209,7 +199,7 @@ def _flush_linked_refunds(s: CustomerState, rules: Rules, out: list[Routed]) -> 
         if _payment_of(s, charge, r.payment_intent) is not None:
             _send_refund(s, charge, r, rules, out)
             del remaining[charge]
-    return _copy(s, pending_refunds=remaining or None)
+    return s._replace(pending_refunds=remaining or None)
 
 
 def _report_ended(s: CustomerState, out: list[Routed]) -> CustomerState:
@@ -222,7 +212,7 @@ def _report_ended(s: CustomerState, out: list[Routed]) -> CustomerState:
                 s.ucc, s.referral_id, s.customer_id, sub_id, snap.ended_at, snap.ended_by or "",
             )))
             subs[sub_id] = SubscriptionSnapshot(snap.snapshot_at, snap.ended_at, snap.ended_by, True)
-    return _copy(s, subscriptions=subs)
+    return s._replace(subscriptions=subs)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -232,16 +222,16 @@ def _on_customer(
     s: CustomerState, ev: StripeEvent, c: Customer, rules: Rules, out: list[Routed]
 ) -> CustomerState:
     if c.created is not None and s.created is None:
-        s = _copy(s, created=c.created)
+        s = s._replace(created=c.created)
     if ev.type == "customer.deleted" and (s.deleted_at is None or ev.created < s.deleted_at):
-        s = _copy(s, deleted_at=ev.created)
+        s = s._replace(deleted_at=ev.created)
     referral = referral_id_for(c, rules) if c.ucc else None
     if c.ucc is None or referral is None:
         return s  # no (complete) attribution here; removing metadata changes nothing
     if s.ucc is not None:
         if c.ucc == s.ucc:
             if s.attributed_at is not None and ev.created < s.attributed_at:
-                s = _copy(s, attributed_at=ev.created)
+                s = s._replace(attributed_at=ev.created)
                 if s.late:
                     s = _revisit_late(s, rules, out)
         elif c.ucc not in s.conflicts:
@@ -250,14 +240,14 @@ def _on_customer(
             out.append(Routed(REFERRER, ucc, AttributionConflict(
                 ucc, referral_id, s.customer_id, c.ucc, ev.created, ev.id,
             )))
-            s = _copy(s, conflicts=(*s.conflicts, c.ucc))
+            s = s._replace(conflicts=(*s.conflicts, c.ucc))
         return s
     # the first attribution: the signup
     signed_up_at = c.created if c.created is not None else (s.created or ev.created)
-    s = _copy(s, ucc=c.ucc, referral_id=referral, attributed_at=ev.created)
+    s = s._replace(ucc=c.ucc, referral_id=referral, attributed_at=ev.created)
     out.append(Routed(REFERRER, c.ucc, Signup(c.ucc, referral, s.customer_id, signed_up_at, ev.id)))
     held = s.held
-    s = _copy(s, held=())
+    s = s._replace(held=())
     for p in held:
         s = _forward(s, p, rules, out)
     s = _report_ended(s, out)
@@ -267,8 +257,10 @@ def _on_customer(
 def _invoice_months(inv: Invoice) -> int:
     n = 1
     for line in inv.lines:
-        if line.subscription and not line.proration and line.period_start and line.period_end:
-            n = max(n, months_spanned(line.period_start, line.period_end))
+        start, end = line.period_start, line.period_end
+        # fewer than 56 days cannot span two calendar months: skip the calendar work
+        if line.subscription and not line.proration and start and end and end - start >= 56 * DAY:
+            n = max(n, months_spanned(start, end))
     return n
 
 
@@ -280,7 +272,7 @@ def _with_links(s: CustomerState, ids: list[str], payment_id: str) -> CustomerSt
     links = dict(links)
     for i in new:
         links.setdefault(i, payment_id)
-    return _copy(s, links=links)
+    return s._replace(links=links)
 
 
 def _on_invoice(
@@ -311,7 +303,7 @@ def _on_payment(s: CustomerState, p: HeldPayment, rules: Rules, out: list[Routed
     if s.ucc is None:
         if any(h.payment_id == p.payment_id for h in s.held):
             return s
-        return _copy(s, held=(*s.held, p))
+        return s._replace(held=(*s.held, p))
     return _forward(s, p, rules, out)
 
 
@@ -320,7 +312,7 @@ def _on_charge(
 ) -> CustomerState:
     if ch.one_off:
         if ch.id not in s.one_offs:
-            s = _copy(s, one_offs=(*s.one_offs, ch.id))
+            s = s._replace(one_offs=(*s.one_offs, ch.id))
         if rules.reward_one_off_charges:
             s = _with_links(s, [ch.id], ch.id)
             if ev.type == "charge.succeeded" and ch.amount > 0:
@@ -340,9 +332,9 @@ def _on_charge(
         if prev is not None:
             rest = dict(pending)
             del rest[ch.id]
-            s = _copy(s, pending_refunds=rest or None)
+            s = s._replace(pending_refunds=rest or None)
         return s
-    return _copy(s, pending_refunds={**pending, ch.id: r})
+    return s._replace(pending_refunds={**pending, ch.id: r})
 
 
 def _on_subscription(
@@ -361,7 +353,7 @@ def _on_subscription(
     snap = SubscriptionSnapshot(
         ev.created, ended_at, ev.id if ended_at is not None else None, old.reported if old else False
     )
-    s = _copy(s, subscriptions={**subs, sub.id: snap})
+    s = s._replace(subscriptions={**subs, sub.id: snap})
     return _report_ended(s, out) if ended_at is not None else s
 
 

@@ -8,7 +8,8 @@ caused. Every id is `fact_id(...)` of the facts, so the same history gives the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -59,8 +60,7 @@ APPROVED = "approved"
 REJECTED = "rejected"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """A ledger line not yet paid: positive (earned) or negative (a reversal)."""
 
     entry_id: str
@@ -71,15 +71,13 @@ class Entry:
     payable_at: int  # earned time + hold_days (positive); the reversal's time (negative)
 
 
-@dataclass(frozen=True, slots=True)
-class ChargeRefund:
+class ChargeRefund(NamedTuple):
     amount: int  # the charge's amount
     amount_refunded: int  # largest cumulative amount seen
     reversed: int  # reversed so far for this charge
 
 
-@dataclass(frozen=True, slots=True)
-class PaymentRecord:
+class PaymentRecord(NamedTuple):
     status: str
     currency: str
     reward: int = 0  # r: the percentage reward actually earned (after the cap, kept instalments)
@@ -87,20 +85,19 @@ class PaymentRecord:
     refunds: dict[str, ChargeRefund] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ReferralState:
+class ReferralState(NamedTuple):
     referral_id: str
     signed_up_at: int
-    rejected: bool = False
-    purchase_bonus_granted: bool = False
-    paid_any: bool = False
-    gross: dict[str, int] = field(default_factory=dict)  # earned per currency, for the cap
-    payments: dict[str, PaymentRecord] = field(default_factory=dict)
-    open_cases: tuple[str, ...] = ()
+    rejected: bool
+    purchase_bonus_granted: bool
+    paid_any: bool
+    gross: dict[str, int]  # earned per currency, for the cap
+    payments: dict[str, PaymentRecord]
+    open_cases: tuple[str, ...]
+    entries: tuple[Entry, ...]  # unpaid, not voided, in the order they were made
 
 
-@dataclass(frozen=True, slots=True)
-class Case:
+class Case(NamedTuple):
     kind: str
     referral_id: str
     status: str
@@ -109,16 +106,22 @@ class Case:
     reversed: int = 0  # unlinked_refund: reversed after approval
 
 
-@dataclass(frozen=True, slots=True)
-class ReferrerState:
+class ReferrerState(NamedTuple):
     ucc: str
-    referrals: dict[str, ReferralState] = field(default_factory=dict)
-    entries: tuple[Entry, ...] = ()  # unpaid, not voided, in the order they were made
-    earned: dict[str, int] = field(default_factory=dict)
-    reversed: dict[str, int] = field(default_factory=dict)
-    paid: dict[str, int] = field(default_factory=dict)
-    cases: dict[str, Case] = field(default_factory=dict)
-    runs: tuple[str, ...] = ()  # payout run ids already applied
+    referrals: dict[str, ReferralState]
+    earned: dict[str, int]
+    reversed: dict[str, int]
+    paid: dict[str, int]
+    cases: dict[str, Case]
+    runs: tuple[str, ...]  # payout run ids already applied
+
+
+def empty_state(ucc: str) -> ReferrerState:
+    return ReferrerState(ucc, {}, {}, {}, {}, {}, ())
+
+
+def unpaid_entries(state: ReferrerState) -> list[Entry]:
+    return [e for r in state.referrals.values() for e in r.entries]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,34 +142,69 @@ class ReferrerSummary:
 
 
 class _Tx:
-    """Mutable working copy of one step; `done()` freezes it into the new state."""
+    """Working copy of one step: containers are copied on first write (most steps touch
+    two or three of them); `done()` freezes it into the new state."""
 
     def __init__(self, s: ReferrerState, rules: Rules):
         self.ucc = s.ucc
         self.rules = rules
-        self.referrals = dict(s.referrals)
-        self.entries = list(s.entries)
-        self.earned = dict(s.earned)
-        self.reversed = dict(s.reversed)
-        self.paid = dict(s.paid)
-        self.cases = dict(s.cases)
+        self.referrals = s.referrals
+        self.added: dict[str, list[Entry]] = {}
+        self.earned = s.earned
+        self.reversed = s.reversed
+        self.paid = s.paid
+        self.cases = s.cases
         self.runs = s.runs
         self.out: list[Routed] = []
+        self._state = s
+
+    def put(self, rid: str, ref: ReferralState) -> None:
+        if self.referrals is self._state.referrals:
+            self.referrals = dict(self.referrals)
+        self.referrals[rid] = ref
+
+    def w_earned(self) -> dict[str, int]:
+        if self.earned is self._state.earned:
+            self.earned = dict(self.earned)
+        return self.earned
+
+    def w_reversed(self) -> dict[str, int]:
+        if self.reversed is self._state.reversed:
+            self.reversed = dict(self.reversed)
+        return self.reversed
+
+    def w_paid(self) -> dict[str, int]:
+        if self.paid is self._state.paid:
+            self.paid = dict(self.paid)
+        return self.paid
+
+    def w_cases(self) -> dict[str, Case]:
+        if self.cases is self._state.cases:
+            self.cases = dict(self.cases)
+        return self.cases
 
     def done(self) -> tuple[ReferrerState, list[Routed]]:
+        for rid, new in self.added.items():
+            r = self.referrals[rid]
+            self.put(rid, r._replace(entries=r.entries + tuple(new)))
         return ReferrerState(
-            self.ucc, self.referrals, tuple(self.entries), self.earned, self.reversed, self.paid,
-            self.cases, self.runs,
+            self.ucc, self.referrals, self.earned, self.reversed, self.paid, self.cases, self.runs,
         ), self.out
 
     # --- building blocks ---
 
     def add_entry(self, e: Entry) -> None:
-        self.entries.append(e)
-        if e.amount > 0:
-            self.earned[e.currency] = self.earned.get(e.currency, 0) + e.amount
+        added = self.added.get(e.referral_id)
+        if added is None:
+            self.added[e.referral_id] = [e]
         else:
-            self.reversed[e.currency] = self.reversed.get(e.currency, 0) - e.amount
+            added.append(e)
+        if e.amount > 0:
+            earned = self.w_earned()
+            earned[e.currency] = earned.get(e.currency, 0) + e.amount
+        else:
+            rev = self.w_reversed()
+            rev[e.currency] = rev.get(e.currency, 0) - e.amount
 
     def notify(self, kind: str, nid: str, referral_id: str | None, currency: str | None, amount: int,
                source: str, at: int) -> None:
@@ -179,12 +217,12 @@ class _Tx:
                   ) -> ReferralState:
         if case_id in self.cases:
             return ref
-        self.cases[case_id] = Case(kind, ref.referral_id, OPEN, held, refund)
+        self.w_cases()[case_id] = Case(kind, ref.referral_id, OPEN, held, refund)
         self.out.append(Routed(REVIEWS, self.ucc, ReviewCase(
             case_id, kind, self.ucc, ref.referral_id, details, at,
         )))
-        ref = _ref(ref, open_cases=(*ref.open_cases, case_id))
-        self.referrals[ref.referral_id] = ref
+        ref = ref._replace(open_cases=(*ref.open_cases, case_id))
+        self.put(ref.referral_id, ref)
         return ref
 
     def room(self, ref: ReferralState, currency: str, capped: bool) -> int | None:
@@ -194,20 +232,8 @@ class _Tx:
         return max(0, cfg.max_reward_per_referral - ref.gross.get(currency, 0))
 
 
-def _ref(r: ReferralState, **changes: object) -> ReferralState:
-    values = {name: getattr(r, name) for name in ReferralState.__slots__}
-    values.update(changes)
-    return ReferralState(**values)
-
-
-def _rec(r: PaymentRecord, **changes: object) -> PaymentRecord:
-    values = {name: getattr(r, name) for name in PaymentRecord.__slots__}
-    values.update(changes)
-    return PaymentRecord(**values)
-
-
 def _with_payment(ref: ReferralState, payment_id: str, rec: PaymentRecord) -> ReferralState:
-    return _ref(ref, payments={**ref.payments, payment_id: rec})
+    return ref._replace(payments={**ref.payments, payment_id: rec})
 
 
 def _cut(amount: int, room: int | None) -> int:
@@ -223,7 +249,7 @@ def step(
     """Fold one message. With `state=None` and a control record: an empty state, no output
     (a payout run or decision for a referrer with nothing; callers need not store it)."""
     if state is None:
-        state = ReferrerState(message.ucc if not isinstance(message, PayoutRun) else "")
+        state = empty_state(message.ucc if not isinstance(message, PayoutRun) else "")
     tx = _Tx(state, rules)
     if isinstance(message, Payment):
         _on_payment(tx, message)
@@ -247,7 +273,7 @@ def step(
 def _on_signup(tx: _Tx, m: Signup) -> None:
     if m.referral_id in tx.referrals:
         return  # several customers, one referral: one signup
-    ref = ReferralState(m.referral_id, m.signed_up_at)
+    ref = ReferralState(m.referral_id, m.signed_up_at, False, False, False, {}, {}, (), ())
     rules = tx.rules
     currency = rules.currency
     bonus = _cut(rules.signup_bonus, tx.room(ref, currency, True))
@@ -256,8 +282,8 @@ def _on_signup(tx: _Tx, m: Signup) -> None:
             fact_id("signup_bonus", tx.ucc, m.referral_id), m.referral_id, None, currency, bonus,
             m.signed_up_at + rules.hold_days * DAY,
         ))
-        ref = _ref(ref, gross={currency: bonus})
-    tx.referrals[m.referral_id] = ref
+        ref = ref._replace(gross={currency: bonus})
+    tx.put(m.referral_id, ref)
     tx.notify(NEW_SIGNUP, fact_id(NEW_SIGNUP, tx.ucc, m.referral_id), m.referral_id, currency, bonus,
               m.event_id, m.signed_up_at)
 
@@ -277,8 +303,8 @@ def _on_payment(tx: _Tx, p: Payment) -> None:
     refunds = rec.refunds if rec is not None else None
     window_end = add_months(ref.signed_up_at, tx.rules.reward_months)
     if ref.rejected or not (ref.signed_up_at <= p.created < window_end):
-        tx.referrals[p.referral_id] = _with_payment(ref, p.payment_id, PaymentRecord(
-            INELIGIBLE, p.currency, refunds=refunds))
+        tx.put(p.referral_id, _with_payment(ref, p.payment_id, PaymentRecord(
+            INELIGIBLE, p.currency, refunds=refunds)))
         return
     _judge_payment(tx, ref, p, refunds, late_ok=False)
 
@@ -288,24 +314,25 @@ def _late_case_open(tx: _Tx, ref: ReferralState, payment_id: str) -> bool:
     return case is not None and case.status == OPEN
 
 
+def _details(p: Payment) -> dict[str, object]:
+    return {"customer_id": p.customer_id, "payment_id": p.payment_id, "currency": p.currency,
+            "base": p.base, "created": p.created}
+
+
 def _judge_payment(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRefund] | None,
                    late_ok: bool) -> None:
-    details: dict[str, object] = {
-        "customer_id": p.customer_id, "payment_id": p.payment_id, "currency": p.currency,
-        "base": p.base, "created": p.created,
-    }
     if p.late and not late_ok:
         ref = _with_payment(ref, p.payment_id, PaymentRecord(HELD, p.currency, refunds=refunds))
-        tx.referrals[ref.referral_id] = ref
+        tx.put(ref.referral_id, ref)
         tx.open_case(LATE_ATTRIBUTION, fact_id(LATE_ATTRIBUTION, tx.ucc, ref.referral_id, p.payment_id),
-                     ref, details, p.earned_at, held=p)
+                     ref, _details(p), p.earned_at, held=p)
         return
     if tx.rules.currency_rules(p.currency) is None:
         ref = _with_payment(ref, p.payment_id, PaymentRecord(HELD, p.currency, refunds=refunds))
-        tx.referrals[ref.referral_id] = ref
+        tx.put(ref.referral_id, ref)
         tx.open_case(UNSUPPORTED_CURRENCY,
                      fact_id(UNSUPPORTED_CURRENCY, tx.ucc, ref.referral_id, p.payment_id),
-                     ref, details, p.earned_at, held=p)
+                     ref, _details(p), p.earned_at, held=p)
         return
     _reward(tx, ref, p, refunds, capped=True)
 
@@ -330,20 +357,22 @@ def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRe
     reward = _cut(percent_of(p.base, rules.reward_percent), room)
     window_end = add_months(ref.signed_up_at, rules.reward_months)
     kept = 0
+    reward_id = fact_id("reward", tx.ucc, rid, p.payment_id)
     for i, amount in enumerate(instalments(reward, p.months)):
-        at = add_months(p.earned_at, i)
+        at = add_months(p.earned_at, i) if i else p.earned_at
         if i > 0 and at >= window_end:
             break  # instalments earned after the reward window are dropped
         kept += amount
         if amount > 0:
-            tx.add_entry(Entry(fact_id("reward", tx.ucc, rid, p.payment_id, i), rid, p.payment_id,
+            tx.add_entry(Entry(f"{reward_id}.{i}" if i else reward_id, rid, p.payment_id,
                                p.currency, amount, at + rules.hold_days * DAY))
     gross = dict(ref.gross)
     if bonus + kept:
         gross[p.currency] = gross.get(p.currency, 0) + bonus + kept
     rec = PaymentRecord(REWARDED, p.currency, kept, False, None)
-    ref = _ref(ref, purchase_bonus_granted=granted, gross=gross, payments={**ref.payments, p.payment_id: rec})
-    tx.referrals[rid] = ref
+    ref = ref._replace(purchase_bonus_granted=granted, gross=gross,
+                       payments={**ref.payments, p.payment_id: rec})
+    tx.put(rid, ref)
     if bonus + kept > 0:
         tx.notify(REWARD_EARNED, fact_id(REWARD_EARNED, tx.ucc, rid, p.payment_id), rid, p.currency,
                   bonus + kept, p.event_id, p.earned_at)
@@ -373,10 +402,10 @@ def _reverse(tx: _Tx, rid: str, payment_id: str, charge: str, amount: int, refun
     delta = target - prev.reversed
     if rec.status != REWARDED or delta <= 0:
         refunds[charge] = ChargeRefund(amount, refunded, prev.reversed)
-        tx.referrals[rid] = _with_payment(ref, payment_id, _rec(rec, refunds=refunds))
+        tx.put(rid, _with_payment(ref, payment_id, rec._replace(refunds=refunds)))
         return
     refunds[charge] = ChargeRefund(amount, refunded, target)
-    tx.referrals[rid] = _with_payment(ref, payment_id, _rec(rec, refunds=refunds))
+    tx.put(rid, _with_payment(ref, payment_id, rec._replace(refunds=refunds)))
     if ref.rejected and not rec.paid:
         return  # its reward was voided: so is its reversal
     eid = fact_id("reversal", tx.ucc, rid, payment_id, charge, target)
@@ -391,7 +420,7 @@ def _on_refund(tx: _Tx, m: Refund) -> None:
     if m.payment_id not in ref.payments:
         # the refund came before its payment: kept and applied with the reward
         ref = _with_payment(ref, m.payment_id, PaymentRecord(PENDING, ""))
-        tx.referrals[m.referral_id] = ref
+        tx.put(m.referral_id, ref)
     _reverse(tx, m.referral_id, m.payment_id, m.charge_id, m.amount, m.amount_refunded, m.created, m.event_id)
 
 
@@ -412,7 +441,7 @@ def _on_unlinked_refund(tx: _Tx, m: UnlinkedRefund) -> None:
     assert case.refund is not None
     if m.amount_refunded <= case.refund.amount_refunded:
         return
-    tx.cases[case_id] = Case(case.kind, case.referral_id, case.status, None, m, case.reversed)
+    tx.w_cases()[case_id] = Case(case.kind, case.referral_id, case.status, None, m, case.reversed)
     if case.status == APPROVED:
         _reverse_unlinked(tx, case_id, m.created, m.event_id)
 
@@ -433,7 +462,7 @@ def _reverse_unlinked(tx: _Tx, case_id: str, at: int, source: str) -> None:
     delta = target - case.reversed
     if delta <= 0:
         return
-    tx.cases[case_id] = Case(case.kind, case.referral_id, case.status, None, m, target)
+    tx.w_cases()[case_id] = Case(case.kind, case.referral_id, case.status, None, m, target)
     if ref.rejected and not ref.paid_any:
         return
     eid = fact_id("reversal", tx.ucc, ref.referral_id, None, m.charge_id, target)
@@ -466,9 +495,9 @@ def _on_decision(tx: _Tx, d: ReviewDecision) -> None:
     if case is None or case.status != OPEN:
         return  # unknown, or already decided: deciding twice changes nothing
     ref = tx.referrals[case.referral_id]
-    ref = _ref(ref, open_cases=tuple(c for c in ref.open_cases if c != d.case_id))
-    tx.referrals[ref.referral_id] = ref
-    tx.cases[d.case_id] = Case(case.kind, case.referral_id, APPROVED if d.approve else REJECTED,
+    ref = ref._replace(open_cases=tuple(c for c in ref.open_cases if c != d.case_id))
+    tx.put(ref.referral_id, ref)
+    tx.w_cases()[d.case_id] = Case(case.kind, case.referral_id, APPROVED if d.approve else REJECTED,
                                None, case.refund if case.kind == UNLINKED_REFUND else None, case.reversed)
     if case.kind == UNLINKED_REFUND:
         if d.approve:
@@ -485,8 +514,8 @@ def _on_decision(tx: _Tx, d: ReviewDecision) -> None:
         return  # rewarded since (an earlier attribution event arrived): nothing more
     refunds = rec.refunds if rec is not None else None
     if ref.rejected:
-        tx.referrals[ref.referral_id] = _with_payment(ref, p.payment_id, PaymentRecord(
-            INELIGIBLE, p.currency, refunds=refunds))
+        tx.put(ref.referral_id, _with_payment(ref, p.payment_id, PaymentRecord(
+            INELIGIBLE, p.currency, refunds=refunds)))
         return
     if case.kind == LATE_ATTRIBUTION:
         _judge_payment(tx, ref, p, refunds, late_ok=True)
@@ -496,36 +525,32 @@ def _on_decision(tx: _Tx, d: ReviewDecision) -> None:
 
 def _void(tx: _Tx, ref: ReferralState) -> None:
     """Reject: the referral's unpaid entries and their reversals are never payable."""
-    rid = ref.referral_id
     keep: list[Entry] = []
-    for e in tx.entries:
-        if e.referral_id != rid:
-            keep.append(e)
-            continue
+    for e in ref.entries:
         if e.amount < 0:
             rec = ref.payments.get(e.payment_id) if e.payment_id else None
             paid = rec.paid if rec is not None else ref.paid_any
             if paid:
                 keep.append(e)  # takes back money already paid
                 continue
-            tx.reversed[e.currency] -= -e.amount
+            tx.w_reversed()[e.currency] -= -e.amount
         else:
-            tx.earned[e.currency] -= e.amount
-    tx.entries = keep
-    tx.referrals[rid] = _ref(ref, rejected=True)
+            tx.w_earned()[e.currency] -= e.amount
+    tx.put(ref.referral_id, ref._replace(rejected=True, entries=tuple(keep)))
 
 
-def _payable(s_entries: list[Entry] | tuple[Entry, ...], referrals: dict[str, ReferralState],
-             currency: str | None, as_of: int) -> list[Entry]:
+def _payable(referrals: dict[str, ReferralState], currency: str | None, as_of: int) -> list[Entry]:
     out = []
-    for e in s_entries:
-        if currency is not None and e.currency != currency:
-            continue
-        if e.payable_at > as_of:
-            continue
-        if e.amount > 0 and referrals[e.referral_id].open_cases:
-            continue  # paused by a review case
-        out.append(e)
+    for r in referrals.values():
+        paused = bool(r.open_cases)
+        for e in r.entries:
+            if currency is not None and e.currency != currency:
+                continue
+            if e.payable_at > as_of:
+                continue
+            if e.amount > 0 and paused:
+                continue  # paused by a review case
+            out.append(e)
     return out
 
 
@@ -534,7 +559,7 @@ def _on_payout_run(tx: _Tx, run: PayoutRun) -> None:
         return  # the same run id twice pays nothing more
     tx.runs = (*tx.runs, run.run_id)
     rules = tx.rules
-    payable = _payable(tx.entries, tx.referrals, None, run.as_of)
+    payable = _payable(tx.referrals, None, run.as_of)
     by_currency: dict[str, list[Entry]] = {}
     for e in payable:
         by_currency.setdefault(e.currency, []).append(e)
@@ -552,19 +577,20 @@ def _on_payout_run(tx: _Tx, run: PayoutRun) -> None:
         )))
         tx.notify(PAYOUT_CREATED, fact_id(PAYOUT_CREATED, payout_id), None, currency, balance,
                   run.control_id, run.requested_at)
-        tx.paid[currency] = tx.paid.get(currency, 0) + balance
+        tx.w_paid()[currency] = tx.paid.get(currency, 0) + balance
         for e in entries:
             covered.add(e.entry_id)
+            ref = tx.referrals[e.referral_id]
             if e.amount > 0:
-                ref = tx.referrals[e.referral_id]
                 rec = ref.payments.get(e.payment_id) if e.payment_id else None
                 if rec is not None and not rec.paid:
-                    ref = _with_payment(ref, e.payment_id or "", _rec(rec, paid=True))
+                    ref = _with_payment(ref, e.payment_id or "", rec._replace(paid=True))
                 if not ref.paid_any:
-                    ref = _ref(ref, paid_any=True)
-                tx.referrals[e.referral_id] = ref
-    if covered:
-        tx.entries = [e for e in tx.entries if e.entry_id not in covered]
+                    ref = ref._replace(paid_any=True)
+            tx.put(e.referral_id, ref)
+    for rid in {e.referral_id for c in by_currency.values() for e in c if e.entry_id in covered}:
+        ref = tx.referrals[rid]
+        tx.put(rid, ref._replace(entries=tuple(e for e in ref.entries if e.entry_id not in covered)))
 
 
 # --- queries --------------------------------------------------------------------------------
@@ -577,7 +603,7 @@ def summary(state: ReferrerState, as_of: int) -> ReferrerSummary:
     for c in currencies:
         earned = state.earned.get(c, 0)
         rev = state.reversed.get(c, 0)
-        payable = sum(e.amount for e in _payable(state.entries, state.referrals, c, as_of))
+        payable = sum(e.amount for e in _payable(state.referrals, c, as_of))
         out[c] = CurrencySummary(earned, rev, earned - rev, state.paid.get(c, 0), payable)
     open_cases = sum(1 for case in state.cases.values() if case.status == OPEN)
     return ReferrerSummary(state.ucc, len(state.referrals), out, open_cases)
@@ -607,9 +633,9 @@ def dumps(s: ReferrerState) -> bytes:
                       {ch: [c.amount, c.amount_refunded, c.reversed] for ch, c in p.refunds.items()}
                       if p.refunds else None]
                 for pid, p in r.payments.items()},
-               r.open_cases]
+               r.open_cases,
+               [[e.entry_id, e.payment_id, e.currency, e.amount, e.payable_at] for e in r.entries]]
          for rid, r in s.referrals.items()},
-        [[e.entry_id, e.referral_id, e.payment_id, e.currency, e.amount, e.payable_at] for e in s.entries],
         s.earned, s.reversed, s.paid,
         {cid: [c.kind, c.referral_id, c.status, _payment_row(c.held) if c.held else None,
                _refund_row(c.refund) if c.refund else None, c.reversed]
@@ -619,7 +645,7 @@ def dumps(s: ReferrerState) -> bytes:
 
 
 def loads(raw: bytes) -> ReferrerState:
-    ucc, referrals, entries, earned, reversed_, paid, cases, runs = orjson.loads(raw)
+    ucc, referrals, earned, reversed_, paid, cases, runs = orjson.loads(raw)
     return ReferrerState(
         ucc,
         {rid: ReferralState(
@@ -627,9 +653,8 @@ def loads(raw: bytes) -> ReferrerState:
             {pid: PaymentRecord(_STATUS[p[0]], p[1], p[2], p[3],
                                 {ch: ChargeRefund(*c) for ch, c in p[4].items()} if p[4] else None)
              for pid, p in r[5].items()},
-            tuple(r[6]))
+            tuple(r[6]), tuple(Entry(e[0], rid, *e[1:]) for e in r[7]))
          for rid, r in referrals.items()},
-        tuple(Entry(*e) for e in entries),
         earned, reversed_, paid,
         {cid: Case(c[0], c[1], c[2], Payment(*c[3]) if c[3] else None,
                    UnlinkedRefund(*c[4]) if c[4] else None, c[5])

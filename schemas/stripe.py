@@ -211,7 +211,7 @@ def _currency(d: dict[str, Any], key: str, path: str) -> str:
 
 def _meta(meta: dict[str, Any], key: str) -> str | None:
     v = meta.get(key)
-    if isinstance(v, str):
+    if type(v) is str:
         v = v.strip()
         return v or None
     return None
@@ -223,129 +223,167 @@ def _expect_object(obj: dict[str, Any], name: str, path: str) -> None:
         raise StripeParseError(f"{path}.object", f"expected {name!r} for this event type, got {kind!r}")
 
 
+# The parsers below take the common case inline (a plain type check, no call) and fall
+# back to the readers above, which normalise the rare shapes or raise with the path.
+_CURRENCIES: dict[str, str] = {}
+
+
+def _cur(obj: dict[str, Any], path: str) -> str:
+    v = obj.get("currency")
+    known = _CURRENCIES.get(v) if type(v) is str else None
+    if known is not None:
+        return known
+    code = _currency(obj, "currency", path)
+    if type(v) is str and len(_CURRENCIES) < 512:
+        _CURRENCIES[v] = code
+    return code
+
+
+def _sid(obj: dict[str, Any], key: str, path: str) -> str | None:
+    v = obj.get(key)
+    return v if type(v) is str and v else _ref(obj, key, path)
+
+
+def _int(obj: dict[str, Any], key: str, path: str) -> int:
+    v = obj.get(key)
+    return v if type(v) is int else _req_int(obj, key, path)
+
+
+def _oint(obj: dict[str, Any], key: str, path: str) -> int | None:
+    v = obj.get(key)
+    return v if v is None or type(v) is int else _opt_int(obj, key, path)
+
+
+def _dict(obj: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+    v = obj.get(key)
+    return v if type(v) is dict else _opt_dict(obj, key, path)
+
+
+def _id(obj: dict[str, Any], path: str) -> str:
+    v = obj.get("id")
+    return v if type(v) is str and v else _req_str(obj, "id", path)
+
+
 # --- objects ------------------------------------------------------------------------------
 
 
 def parse_customer(obj: dict[str, Any], path: str = "data.object") -> Customer:
     _expect_object(obj, "customer", path)
-    meta = _opt_dict(obj, "metadata", path)
+    meta = _dict(obj, "metadata", path)
     deleted = obj.get("deleted") is True
-    created = _opt_int(obj, "created", path) if deleted else _req_int(obj, "created", path)
+    created = _oint(obj, "created", path) if deleted else _int(obj, "created", path)
     return Customer(
-        id=_req_str(obj, "id", path),
-        created=created,
-        deleted=deleted,
-        ucc=_meta(meta, "cello_ucc"),
-        new_user_id=_meta(meta, "new_user_id"),
-        organization_id=_meta(meta, "new_user_organization_id"),
+        _id(obj, path), created, deleted,
+        _meta(meta, "cello_ucc"), _meta(meta, "new_user_id"), _meta(meta, "new_user_organization_id"),
     )
 
 
 def parse_subscription(obj: dict[str, Any], path: str = "data.object") -> Subscription:
     _expect_object(obj, "subscription", path)
+    status = obj.get("status")
     return Subscription(
-        id=_req_str(obj, "id", path),
-        customer=_ref(obj, "customer", path),
-        created=_opt_int(obj, "created", path),
-        status=_opt_str(obj, "status", path),
-        canceled_at=_opt_int(obj, "canceled_at", path),
-        ended_at=_opt_int(obj, "ended_at", path),
+        _id(obj, path), _sid(obj, "customer", path), _oint(obj, "created", path),
+        status if type(status) is str and status else _opt_str(obj, "status", path),
+        _oint(obj, "canceled_at", path), _oint(obj, "ended_at", path),
     )
 
 
 def _parse_line(line: Any, path: str) -> InvoiceLine:
-    if not isinstance(line, dict):
+    if type(line) is not dict:
         raise StripeParseError(path, f"expected a line item object, got {_type_name(line)}")
-    period = _opt_dict(line, "period", path)
-    parent = _opt_dict(line, "parent", path)
+    period = _dict(line, "period", path)
+    parent = _dict(line, "parent", path)
     if parent:  # 2025-03-31 and later
         is_sub = parent.get("type") == "subscription_item_details"
-        details = _opt_dict(parent, "subscription_item_details", f"{path}.parent") if is_sub else {}
+        details = _dict(parent, "subscription_item_details", f"{path}.parent") if is_sub else {}
         proration = details.get("proration") is True
     else:
         is_sub = line.get("type") == "subscription"
         proration = line.get("proration") is True
-    return InvoiceLine(
-        amount=_req_int(line, "amount", path),
-        period_start=_opt_int(period, "start", f"{path}.period"),
-        period_end=_opt_int(period, "end", f"{path}.period"),
-        subscription=is_sub,
-        proration=proration,
-    )
+    start, end = period.get("start"), period.get("end")
+    if (start is not None and type(start) is not int) or (end is not None and type(end) is not int):
+        _opt_int(period, "start", f"{path}.period")
+        _opt_int(period, "end", f"{path}.period")
+    return InvoiceLine(_int(line, "amount", path), start, end, is_sub, proration)
+
+
+def _lines(obj: dict[str, Any], path: str) -> tuple[InvoiceLine, ...]:
+    v = obj.get("lines")
+    data = v.get("data") if type(v) is dict else None
+    if type(data) is not list:
+        data = _list_data(obj, "lines", path)
+    return tuple(_parse_line(line, f"{path}.lines.data[{i}]") for i, line in enumerate(data))
 
 
 def parse_invoice(obj: dict[str, Any], path: str = "data.object") -> Invoice:
     _expect_object(obj, "invoice", path)
-    transitions = _opt_dict(obj, "status_transitions", path)
-    parent = _opt_dict(obj, "parent", path)
+    transitions = _dict(obj, "status_transitions", path)
+    parent = _dict(obj, "parent", path)
+    subscription = None
     # only a subscription's invoice has subscription_details (a quote's has quote_details)
-    sub_details = (
-        _opt_dict(parent, "subscription_details", f"{path}.parent")
-        if parent.get("type") in (None, "subscription_details") else {}
-    )
-    subscription = _ref(sub_details, "subscription", f"{path}.parent.subscription_details") or _ref(
-        obj, "subscription", path
-    )
+    if parent and parent.get("type") in (None, "subscription_details"):
+        subscription = _sid(_dict(parent, "subscription_details", f"{path}.parent"), "subscription",
+                            f"{path}.parent.subscription_details")
+    if subscription is None:
+        subscription = _sid(obj, "subscription", path)
     charges: list[str] = []
     intents: list[str] = []
-    for i, pay in enumerate(_list_data(obj, "payments", path)):
-        p = f"{path}.payments.data[{i}]"
-        if not isinstance(pay, dict):
-            raise StripeParseError(p, f"expected an invoice_payment object, got {_type_name(pay)}")
-        if pay.get("status") not in (None, "paid"):
-            continue
-        payment = _opt_dict(pay, "payment", p)
-        ch = _ref(payment, "charge", f"{p}.payment")
-        pi = _ref(payment, "payment_intent", f"{p}.payment")
-        if ch:
-            charges.append(ch)
-        if pi:
-            intents.append(pi)
-    lines = tuple(
-        _parse_line(line, f"{path}.lines.data[{i}]") for i, line in enumerate(_list_data(obj, "lines", path))
-    )
+    if obj.get("payments") is not None:
+        for i, pay in enumerate(_list_data(obj, "payments", path)):
+            p = f"{path}.payments.data[{i}]"
+            if not isinstance(pay, dict):
+                raise StripeParseError(p, f"expected an invoice_payment object, got {_type_name(pay)}")
+            if pay.get("status") not in (None, "paid"):
+                continue
+            payment = _opt_dict(pay, "payment", p)
+            ch = _ref(payment, "charge", f"{p}.payment")
+            pi = _ref(payment, "payment_intent", f"{p}.payment")
+            if ch:
+                charges.append(ch)
+            if pi:
+                intents.append(pi)
     return Invoice(
-        id=_req_str(obj, "id", path),
-        customer=_ref(obj, "customer", path),
-        created=_req_int(obj, "created", path),
-        currency=_currency(obj, "currency", path),
-        amount_paid=_req_int(obj, "amount_paid", path),
-        total=_opt_int(obj, "total", path),
-        total_excluding_tax=_opt_int(obj, "total_excluding_tax", path),
-        paid_at=_opt_int(transitions, "paid_at", f"{path}.status_transitions"),
+        id=_id(obj, path),
+        customer=_sid(obj, "customer", path),
+        created=_int(obj, "created", path),
+        currency=_cur(obj, path),
+        amount_paid=_int(obj, "amount_paid", path),
+        total=_oint(obj, "total", path),
+        total_excluding_tax=_oint(obj, "total_excluding_tax", path),
+        paid_at=_oint(transitions, "paid_at", f"{path}.status_transitions") if transitions else None,
         subscription=subscription,
-        charge=_ref(obj, "charge", path),
-        payment_intent=_ref(obj, "payment_intent", path),
+        charge=_sid(obj, "charge", path),
+        payment_intent=_sid(obj, "payment_intent", path),
         payment_charges=tuple(charges),
         payment_intents=tuple(intents),
-        lines=lines,
+        lines=_lines(obj, path),
     )
 
 
 def parse_charge(obj: dict[str, Any], path: str = "data.object") -> Charge:
     _expect_object(obj, "charge", path)
-    amount = _req_int(obj, "amount", path)
-    refunded = _opt_int(obj, "amount_refunded", path) or 0
+    amount = _int(obj, "amount", path)
+    refunded = _oint(obj, "amount_refunded", path) or 0
     if amount < 0 or refunded < 0:
         raise StripeParseError(f"{path}.amount", "amounts must not be negative")
     return Charge(
-        id=_req_str(obj, "id", path),
-        customer=_ref(obj, "customer", path),
-        created=_req_int(obj, "created", path),
-        currency=_currency(obj, "currency", path),
+        id=_id(obj, path),
+        customer=_sid(obj, "customer", path),
+        created=_int(obj, "created", path),
+        currency=_cur(obj, path),
         amount=amount,
         amount_refunded=refunded,
-        invoice=_ref(obj, "invoice", path),
+        invoice=_sid(obj, "invoice", path),
         one_off="invoice" in obj and obj["invoice"] is None,
-        payment_intent=_ref(obj, "payment_intent", path),
+        payment_intent=_sid(obj, "payment_intent", path),
     )
 
 
 def parse_invoice_payment(obj: dict[str, Any], path: str = "data.object") -> InvoicePayment:
     _expect_object(obj, "invoice_payment", path)
-    payment = _opt_dict(obj, "payment", path)
-    charge = _ref(payment, "charge", f"{path}.payment")
-    intent = _ref(payment, "payment_intent", f"{path}.payment")
+    payment = _dict(obj, "payment", path)
+    charge = _sid(payment, "charge", f"{path}.payment")
+    intent = _sid(payment, "payment_intent", f"{path}.payment")
     kind = payment.get("type")
     if kind == "charge" and charge is None:
         raise StripeParseError(f"{path}.payment.charge", "payment.type is 'charge' but no charge id is given")
@@ -354,53 +392,62 @@ def parse_invoice_payment(obj: dict[str, Any], path: str = "data.object") -> Inv
             f"{path}.payment.payment_intent",
             "payment.type is 'payment_intent' but no payment intent id is given",
         )
+    status = obj.get("status")
     return InvoicePayment(
-        id=_req_str(obj, "id", path),
-        invoice=_ref(obj, "invoice", path) or _req_str(obj, "invoice", path),
-        created=_opt_int(obj, "created", path),
+        id=_id(obj, path),
+        invoice=_sid(obj, "invoice", path) or _req_str(obj, "invoice", path),
+        created=_oint(obj, "created", path),
         charge=charge,
         payment_intent=intent,
-        status=_opt_str(obj, "status", path),
+        status=status if type(status) is str and status else _opt_str(obj, "status", path),
     )
 
 
+_PARSERS: dict[str, Any] = {}
+for _t in CUSTOMER_TYPES:
+    _PARSERS[_t] = parse_customer
+for _t in INVOICE_TYPES:
+    _PARSERS[_t] = parse_invoice
+for _t in CHARGE_TYPES:
+    _PARSERS[_t] = parse_charge
+for _t in SUBSCRIPTION_TYPES:
+    _PARSERS[_t] = parse_subscription
+for _t in INVOICE_PAYMENT_TYPES:
+    _PARSERS[_t] = parse_invoice_payment
+
+
 def _parse_object(event_type: str, obj: dict[str, Any]) -> StripeObject | None:
-    if event_type in CUSTOMER_TYPES:
-        return parse_customer(obj)
-    if event_type in INVOICE_TYPES:
-        return parse_invoice(obj)
-    if event_type in CHARGE_TYPES:
-        return parse_charge(obj)
-    if event_type in SUBSCRIPTION_TYPES:
-        return parse_subscription(obj)
-    if event_type in INVOICE_PAYMENT_TYPES:
-        return parse_invoice_payment(obj)
-    return None
+    parser = _PARSERS.get(event_type)
+    if parser is None:
+        return None
+    parsed: StripeObject = parser(obj)
+    return parsed
 
 
 def parse_envelope(doc: Any) -> StripeEvent:
     """A StripeEvent from an already-decoded JSON document."""
-    if not isinstance(doc, dict):
+    if type(doc) is not dict:
         raise StripeParseError("$", f"expected a JSON object, got {_type_name(doc)}")
     if doc.get("object", "event") != "event":
         raise StripeParseError("object", f"expected 'event', got {doc.get('object')!r}")
-    event_id = _req_str(doc, "id", "$")
-    event_type = _req_str(doc, "type", "$")
-    created = _req_int(doc, "created", "$")
+    event_id, event_type, created = doc.get("id"), doc.get("type"), doc.get("created")
+    if type(event_id) is not str or not event_id:
+        event_id = _req_str(doc, "id", "$")
+    if type(event_type) is not str or not event_type:
+        event_type = _req_str(doc, "type", "$")
+    if type(created) is not int:
+        created = _req_int(doc, "created", "$")
     livemode = doc.get("livemode", False)
-    if not isinstance(livemode, bool):
+    if type(livemode) is not bool:
         raise StripeParseError("livemode", f"expected true or false, got {_type_name(livemode)}")
     data = doc.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+    obj = data.get("object") if type(data) is dict else None
+    if type(obj) is not dict:
         raise StripeParseError("data.object", "expected the event's object")
     api_version = doc.get("api_version")
     return StripeEvent(
-        id=event_id,
-        type=event_type,
-        created=created,
-        livemode=livemode,
-        api_version=api_version if isinstance(api_version, str) else None,
-        object=_parse_object(event_type, data["object"]),
+        event_id, event_type, created, livemode, api_version if type(api_version) is str else None,
+        _parse_object(event_type, obj),
     )
 
 
