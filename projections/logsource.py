@@ -197,9 +197,9 @@ class KafkaSource:
             thread.join(timeout=30)
 
     async def _read(self, put: Any, stop: threading.Event) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-        from aiokafka.admin import AIOKafkaAdminClient
-        from aiokafka.errors import KafkaError
+        from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+        from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+        from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
         names = {STRIPE_EVENTS: self.topics.stripe_events, CONTROL: self.topics.control}
         unreachable = (

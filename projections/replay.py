@@ -105,7 +105,7 @@ class Progress:
     """A progress bar on stderr: events done and events/s (tqdm; silent when not a TTY)."""
 
     def __init__(self, source: Source, what: str, enabled: bool | None) -> None:
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped]
 
         self._source = source
         self._bar = tqdm(

@@ -248,7 +248,7 @@ _TOP = 40  # bars beyond this many referrers stop being readable; the histogram 
 
 def to_html(report: Report) -> str:
     """One self-contained page: plotly.js is embedded, so it opens offline and can be mailed."""
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # type: ignore[import-untyped]
 
     parts: list[str] = []
     first = True
