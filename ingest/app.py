@@ -129,8 +129,8 @@ async def webhook(request: web.Request) -> web.Response:
     except Rejection as rejection:
         status, outcome = rejection.status, rejection.code
         response = _json(rejection.status, rejection.body())
-        if rejection.status == 413:
-            # the rest of an oversized body is not worth reading
+        if rejection.status in (408, 413):
+            # the rest of an oversized or stalled body is not worth waiting for
             response.force_close()
         return response
     except LogUnavailable as exc:

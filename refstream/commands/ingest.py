@@ -9,6 +9,9 @@ import click
 
 from refstream.settings import ENVIRONMENTS, Settings, SettingsError
 
+# Stripe waits at most a few seconds for an answer; a slow client gets no longer.
+IDLE_TIMEOUT_S = 15.0
+
 
 @click.command(name="ingest")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -53,6 +56,9 @@ def ingest(host: str, port: int, reuse_port: bool, topic_prefix: str, linger_ms:
     try:
         web.run_app(app, host=host, port=port, access_log=None, print=None, reuse_port=reuse_port,
                     handle_signals=True, shutdown_timeout=settings.produce_timeout_s + 1,
+                    # a connection that sends no complete request (idle, or stalled inside
+                    # its headers) is closed after this; bodies have BODY_TIMEOUT_S
+                    keepalive_timeout=IDLE_TIMEOUT_S,
                     loop=_event_loop())
     except OSError as exc:
         raise click.ClickException(
