@@ -202,6 +202,45 @@ async def json_errors(
         )
 
 
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` is answered; any other expectation gets a JSON 417.
+
+    aiohttp's default handler answers 500 when the unknown value is not ASCII (found by
+    the fuzz suite), so ingest handles the header itself.
+    """
+    expect = request.headers.get("Expect", "")
+    if request.version < (1, 1):
+        return None
+    if expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not part of the response
+        return None
+    response = _json(417, {"error": {"code": "expectation_failed", "message":
+                                     "Only `Expect: 100-continue` is supported; send the request "
+                                     "without any other Expect header."}})
+    response.force_close()
+    return response
+
+
+_ALLOWED = {"/healthz": "GET, HEAD", "/readyz": "GET, HEAD", "/metrics": "GET, HEAD"}
+
+
+async def not_found(request: web.Request) -> web.Response:
+    path = request.path
+    allow = _ALLOWED.get(path) or ("POST" if path.startswith("/webhooks/stripe/") and path.count("/") == 3
+                                   else None)
+    hint = (
+        "Stripe webhooks go to POST /webhooks/stripe/sandbox or /webhooks/stripe/production; "
+        "probes to GET /healthz, /readyz and /metrics."
+    )
+    if allow:
+        response = _json(405, {"error": {"code": "method_not_allowed",
+                                         "message": f"{request.method[:20]} is not allowed here. {hint}"}})
+        response.headers["Allow"] = allow
+        return response
+    return _json(404, {"error": {"code": "not_found", "message": f"There is nothing at this path. {hint}"}})
+
+
 def create_app(
     settings: Settings,
     event_log: EventLog,
@@ -212,10 +251,12 @@ def create_app(
 ) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app[INGEST] = Ingest(settings, event_log, topic_prefix, clock, body_timeout_s)
-    app.router.add_post(WEBHOOK_PATH, webhook)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_post(WEBHOOK_PATH, webhook, expect_handler=expect_continue)
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics)):
+        app.router.add_get(path, probe, expect_handler=expect_continue)
+    # Every other request lands here rather than on aiohttp's built-in 404/405, whose
+    # Expect handling cannot be replaced (see expect_continue).
+    app.router.add_route("*", "/{tail:.*}", not_found, expect_handler=expect_continue)
 
     async def connect_log(app: web.Application) -> None:
         # connect now, so the first delivery does not pay for it; Kafka being down here

@@ -129,3 +129,31 @@ async def test_refusals_are_counted_in_metrics_and_logged_without_body_or_secret
     assert SANDBOX_SECRET not in text and "whsec_wrong" not in text
     assert CUSTOMER["id"] not in text  # nothing from the body beyond the event id and type
     assert len(await read_topic(bootstrap, Topics("sandbox", topic_prefix).stripe_events)) == 1
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status", "code"),
+    [
+        # found by the fuzz suite: aiohttp's own Expect handling answered 500 for this
+        (b"POST /webhooks/stripe/sandbox HTTP/1.1\r\nExpect: \x80\r\n", 417, "expectation_failed"),
+        (b"GET /webhooks/stripe/sandbox HTTP/1.1\r\nExpect: \x80\r\n", 417, "expectation_failed"),
+        (b"GET /webhooks/stripe/sandbox HTTP/1.1\r\n", 405, "method_not_allowed"),
+        (b"POST /healthz HTTP/1.1\r\n", 405, "method_not_allowed"),
+        (b"POST /stripe HTTP/1.1\r\n", 404, "not_found"),
+    ],
+)
+async def test_other_paths_methods_and_expectations_get_json_errors(
+    bootstrap: str, topic_prefix: str, request_head: bytes, status: int, code: str
+) -> None:
+    import asyncio
+
+    async with running_ingest(settings(bootstrap), topic_prefix) as client:
+        port = client.server.port
+        assert port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request_head + b"Host: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:100]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == code
