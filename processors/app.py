@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faust
+from mode import CrashingSupervisor
 
 from refstream.settings import Settings
 from schemas.rules import Rules, load_rules
@@ -85,6 +86,10 @@ def create_app(cfg: WorkerConfig) -> faust.App:
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         stream_wait_empty=False,
+        # an agent that crashes takes the worker down with it (and its partitions move to
+        # the other workers), instead of leaving a worker that holds partitions and does
+        # nothing with them
+        agent_supervisor=CrashingSupervisor,
         web_enabled=True,
         web_bind=cfg.web_host,
         web_host=cfg.web_host,
@@ -95,8 +100,13 @@ def create_app(cfg: WorkerConfig) -> faust.App:
 
 
 INTERNAL_TOPICS = ("customer", "invoice", "referrer", "outbox")
+TABLES = ("referrals", "invoice-links", "referrers")
 # Records between stages only need to outlive a worker outage; a week is generous.
 INTERNAL_CONFIG = {"retention.ms": str(7 * 24 * 3600 * 1000), "cleanup.policy": "delete"}
+
+
+def changelog(cfg: WorkerConfig, table: str) -> str:
+    return f"{cfg.app_id}-{table}-changelog"
 
 
 async def ensure_internal_topics(cfg: WorkerConfig) -> None:
@@ -109,10 +119,18 @@ async def ensure_internal_topics(cfg: WorkerConfig) -> None:
     try:
         existing = set(await admin.list_topics())
         brokers = len((await admin.describe_cluster()).get("brokers", [])) or 1
+        rf = min(3, brokers)
         wanted = [
-            NewTopic(cfg.internal(name), cfg.partitions, min(3, brokers), topic_configs=dict(INTERNAL_CONFIG))
+            NewTopic(cfg.internal(name), cfg.partitions, rf, topic_configs=dict(INTERNAL_CONFIG))
             for name in INTERNAL_TOPICS
             if cfg.internal(name) not in existing
+        ] + [
+            # the tables' changelogs, created here (not lazily by Faust) so their metadata is
+            # known before the first record arrives: Faust refuses a table whose changelog
+            # it cannot see yet
+            NewTopic(changelog(cfg, table), cfg.partitions, rf, topic_configs={"cleanup.policy": "compact"})
+            for table in TABLES
+            if changelog(cfg, table) not in existing
         ]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was quicker
