@@ -26,7 +26,7 @@ from schemas.rules import Rules
 from tests.unit.conftest import make_rules
 from tests.unit.histories import START, History, histories
 
-PROPERTY = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # caps never bind here: which payment a binding cap cuts depends on arrival order
 OPEN_RULES = make_rules(
