@@ -161,3 +161,25 @@ def test_a_decision_for_an_unknown_case_changes_nothing(rules: Rules) -> None:
     other = ReviewCase(case.case_id, case.kind, "ucc_nobody", case.referral_id, {}, 0)
     assert decide(engine, other, False, ts("2026-02-01")) == []
     assert payouts(run(engine, "r1", LATER)) == []  # still paused
+
+
+def test_large_reward_rejected_voids_the_referral() -> None:
+    rules = make_rules(currency_usd={"signup_bonus": 500, "purchase_bonus": 1000, "min_payout": 1,
+                                     "review_above": 1999})
+    engine = Engine(rules)
+    [case] = cases(feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"),
+                        invoice_paid("in_1", "cus_A", JAN11, amount_paid=8000)), LARGE_REWARD)
+    decide(engine, case, False, ts("2026-02-01"))
+    assert payouts(run(engine, "r1", LATER)) == []
+    assert engine.referrer("ucc_X").currencies["usd"].earned == 0  # type: ignore[union-attr]
+
+
+def test_unsupported_currency_rejected_voids_the_referral(rules: Rules) -> None:
+    engine = Engine(rules)
+    [case] = cases(feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"),
+                        invoice_paid("in_1", "cus_A", JAN11, amount_paid=100000, currency="gbp")))
+    decide(engine, case, False, ts("2026-01-12"))
+    summary = engine.referrer("ucc_X", as_of=LATER)
+    assert summary is not None and summary.currencies["usd"].earned == 0  # the signup bonus is void
+    assert "gbp" not in summary.currencies
+    assert payouts(run(engine, "r1", LATER)) == []
