@@ -27,6 +27,8 @@ from processors.delivery import H_DEST, header
 
 log = logging.getLogger("refstream.worker.publisher")
 
+TRANSACTION_TIMEOUT_S = 30.0  # a transaction that has not committed by then is given up and redone
+
 def command_id(value: bytes) -> str:
     doc = orjson.loads(value)
     for name in ("payout_id", "notification_id", "case_id"):
@@ -50,17 +52,22 @@ class Publisher(ConsumerRebalanceListener):
         self.consumer: AIOKafkaConsumer | None = None
         self.published = 0
         self.dropped = 0
+        # a rebalance waits for the transaction in flight: stopping its producer midway
+        # would leave the commit waiting forever
+        self.lock = asyncio.Lock()
 
     # --- rebalance ------------------------------------------------------------------------
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        for tp in revoked:
-            await self._drop(tp.partition)
+        async with self.lock:
+            await asyncio.gather(*(self._drop(tp.partition) for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        for tp in assigned:
-            if tp.partition not in self.producers:
-                await self._adopt(tp.partition)
+        async with self.lock:
+            # in parallel: the group waits for this callback, and each adoption costs a
+            # round trip to the transaction coordinator and a read of the output topics
+            await asyncio.gather(*(self._adopt(tp.partition) for tp in assigned
+                                   if tp.partition not in self.producers))
 
     async def _adopt(self, p: int) -> None:
         producer = AIOKafkaProducer(
@@ -136,7 +143,8 @@ class Publisher(ConsumerRebalanceListener):
                 batch = await consumer.getmany(timeout_ms=50, max_records=2000)
                 for tp, msgs in batch.items():
                     if msgs:
-                        await self._publish(consumer, tp, msgs)
+                        async with self.lock:
+                            await self._publish(consumer, tp, msgs)
         finally:
             for p in list(self.producers):
                 await self._drop(p)
@@ -152,33 +160,41 @@ class Publisher(ConsumerRebalanceListener):
         seen = self.seen[tp.partition]
         fresh: list[str] = []
         try:
-            async with producer.transaction():
-                for m in msgs:
-                    dest = header(m.headers, H_DEST)
-                    topic = self.outputs.get(dest.decode()) if dest else None
-                    if topic is None or m.value is None:
-                        log.error("outbox record without a known destination", extra={"offset": m.offset})
-                        continue
-                    cid = command_id(m.value)
-                    if cid in seen or cid in fresh:
-                        self.dropped += 1
-                        continue
-                    fresh.append(cid)
-                    await producer.send(topic, m.value, key=m.key, partition=tp.partition)
-                await producer.send_offsets_to_transaction({tp: msgs[-1].offset + 1}, self.group_id)
+            await asyncio.wait_for(self._transaction(producer, tp, msgs, seen, fresh), TRANSACTION_TIMEOUT_S)
         except ProducerFenced:
             log.warning("publisher fenced: another worker owns the partition now",
                         extra={"partition": tp.partition})
             await self._drop(tp.partition)
             return
-        except KafkaError as exc:
-            # the transaction is aborted: rewind, the records are copied again
+        except (KafkaError, TimeoutError) as exc:
+            # the transaction did not commit: a new producer for the partition aborts it,
+            # and the records are copied again from the first one
             log.warning("publish transaction failed; retrying", extra={"partition": tp.partition,
                                                                         "error": repr(exc)})
             await asyncio.sleep(0.2)
             await self._drop(tp.partition)
             await self._adopt(tp.partition)
-            consumer.seek(tp, msgs[0].offset)
+            with contextlib.suppress(Exception):
+                consumer.seek(tp, msgs[0].offset)
             return
         seen.update(fresh)
         self.published += len(fresh)
+
+    async def _transaction(
+        self, producer: AIOKafkaProducer, tp: TopicPartition, msgs: list, seen: set[str],  # type: ignore[type-arg]
+        fresh: list[str],
+    ) -> None:
+        async with producer.transaction():
+            for m in msgs:
+                dest = header(m.headers, H_DEST)
+                topic = self.outputs.get(dest.decode()) if dest else None
+                if topic is None or m.value is None:
+                    log.error("outbox record without a known destination", extra={"offset": m.offset})
+                    continue
+                cid = command_id(m.value)
+                if cid in seen or cid in fresh:
+                    self.dropped += 1
+                    continue
+                fresh.append(cid)
+                await producer.send(topic, m.value, key=m.key, partition=tp.partition)
+            await producer.send_offsets_to_transaction({tp: msgs[-1].offset + 1}, self.group_id)
