@@ -59,7 +59,9 @@ async def _produce(bootstrap: str, prefix: str, customers: int, referrers: int, 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topics.stripe_events, 8, 1), NewTopic(topics.control, 1, 1)])
+        # kept forever as in operation: the log's 2026 timestamps would fall to a default retention
+        await admin.create_topics([NewTopic(s.name, s.partitions, 1, topic_configs=s.config)
+                                   for s in topics.specs(8)[:2]])
     finally:
         await admin.close()
     log = Log(customers, referrers, seed)

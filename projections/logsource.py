@@ -199,7 +199,7 @@ class KafkaSource:
     async def _read(self, put: Any, stop: threading.Event) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
         from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
-        from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+        from aiokafka.errors import KafkaError, OffsetOutOfRangeError  # type: ignore[import-untyped]
 
         names = {STRIPE_EVENTS: self.topics.stripe_events, CONTROL: self.topics.control}
         unreachable = (
@@ -239,7 +239,8 @@ class KafkaSource:
             client_id="refstream-replay",
             group_id=None,  # no group: nothing joined, nothing committed, nobody rebalanced
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # never jump silently: a position that is gone means records were deleted
+            auto_offset_reset="none",
             isolation_level="read_committed",
             request_timeout_ms=int(self.connect_timeout_s * 1000) + 1000,
             max_partition_fetch_bytes=8 * 1024 * 1024,
@@ -284,9 +285,17 @@ class KafkaSource:
                             if not put(("batch", out[i : i + BATCH])):
                                 return
                     continue
-                fetched = await consumer.getmany(
-                    *[by_part[p] for p in waiting], timeout_ms=500, max_records=BATCH
-                )
+                try:
+                    fetched = await consumer.getmany(
+                        *[by_part[p] for p in waiting], timeout_ms=500, max_records=BATCH
+                    )
+                except OffsetOutOfRangeError:
+                    raise SourceError(
+                        f"records of {', '.join(sorted({tp.topic for tp in tps}))} were deleted while "
+                        f"replay was reading them (retention). The event log must be kept forever: set "
+                        f"retention.ms=-1 on these topics (`refstream topics create` does), then replay "
+                        f"again; an export of what is left would be incomplete too."
+                    ) from None
                 got_any = False
                 for tp, msgs in fetched.items():
                     part = tps[tp]

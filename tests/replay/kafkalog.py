@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from schemas.topics import H_ENV, H_EVENT_ID, H_EVENT_TYPE, H_RECEIVED_AT, Topics
+from schemas.topics import FOREVER, H_ENV, H_EVENT_ID, H_EVENT_TYPE, H_RECEIVED_AT, Topics
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,11 @@ async def create_topics(bootstrap: str, topics: Topics, stripe_partitions: int =
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
+        # kept forever, as `refstream topics create` configures them: the test records carry
+        # 2026 timestamps, which a default 7-day retention would delete under the reader
         await admin.create_topics([
-            NewTopic(topics.stripe_events, stripe_partitions, 1),
-            NewTopic(topics.control, 1, 1),
+            NewTopic(topics.stripe_events, stripe_partitions, 1, topic_configs=dict(FOREVER)),
+            NewTopic(topics.control, 1, 1, topic_configs=dict(FOREVER)),
         ])
     finally:
         await admin.close()
@@ -70,12 +72,18 @@ async def write(bootstrap: str, topics: Topics, records: Sequence[Stored]) -> No
 
 async def end_offsets(bootstrap: str, names: Sequence[str] | None = None) -> dict[TopicPartition, int]:
     """End offsets of the named topics, or of every topic on the broker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        chosen = sorted(await admin.list_topics()) if names is None else list(names)
+        described = await admin.describe_topics(chosen)
+    finally:
+        await admin.close()
+    tps = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
+    assert tps, "no partitions found: nothing to compare"
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
-        existing = await consumer.topics()
-        chosen = sorted(existing) if names is None else list(names)
-        tps = [TopicPartition(n, p) for n in chosen for p in sorted(consumer.partitions_for_topic(n) or ())]
         return dict(await consumer.end_offsets(tps))
     finally:
         await consumer.stop()
