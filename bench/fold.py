@@ -64,6 +64,13 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def calibration_ns() -> float:
+    """ns per iteration of a fixed pure-Python loop (about 30 ns on an idle modern core):
+    how much slower this machine was than that while the benchmark ran."""
+    import timeit
+    return min(timeit.repeat("x = {'a': 1}; x.get('a')", number=200_000, repeat=5)) / 200_000 * 1e9
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--customers", type=int, default=100_000)
@@ -83,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generated {total:,} log records ({log.stripe_events:,} Stripe events) in {gen_s:.1f} s",
           file=sys.stderr)
 
+    calibration_before = calibration_ns()
     engine = Engine(parse_rules(RULES, "bench rules"))
     outputs: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
@@ -151,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "events_per_second": round(total / fold_s),
         "events_per_cpu_second": round(total / fold_cpu),
         "load_average_1m": round(os.getloadavg()[0], 2),
+        "calibration_loop_ns": [round(calibration_before, 1), round(calibration_ns(), 1)],
         "cores": os.cpu_count(),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "engine_rss_growth_mib": round(rss_after - rss_before, 1),
