@@ -398,7 +398,8 @@ def _reverse(tx: _Tx, rid: str, payment_id: str, charge: str, amount: int, refun
         case = tx.cases.get(fact_id(UNLINKED_REFUND, tx.ucc, rid, charge))
         prev = ChargeRefund(amount, 0, case.reversed if case is not None and case.status == APPROVED else 0)
     refunded = max(refunded, prev.amount_refunded)
-    target = pro_rata(rec.reward, refunded, amount or prev.amount)
+    # never more than the reward, whatever a (malformed) refund claims
+    target = min(rec.reward, pro_rata(rec.reward, refunded, amount or prev.amount))
     delta = target - prev.reversed
     if rec.status != REWARDED or delta <= 0:
         refunds[charge] = ChargeRefund(amount, refunded, prev.reversed)
@@ -458,7 +459,7 @@ def _reverse_unlinked(tx: _Tx, case_id: str, at: int, source: str) -> None:
     ref = tx.referrals[case.referral_id]
     if _charge_linked(ref, m.charge_id):
         return  # linked since: the normal rule reverses it
-    target = percent_of(m.amount_refunded, tx.rules.reward_percent)
+    target = percent_of(min(m.amount_refunded, m.amount), tx.rules.reward_percent)
     delta = target - case.reversed
     if delta <= 0:
         return

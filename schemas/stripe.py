@@ -315,6 +315,11 @@ def _lines(obj: dict[str, Any], path: str) -> tuple[InvoiceLine, ...]:
     return tuple(_parse_line(line, f"{path}.lines.data[{i}]") for i, line in enumerate(data))
 
 
+def _opt_amount(obj: dict[str, Any], key: str, path: str) -> int | None:
+    v = _oint(obj, key, path)
+    return v if v is None else _amount_ok(v, key, path, signed=True)
+
+
 def parse_invoice(obj: dict[str, Any], path: str = "data.object") -> Invoice:
     _expect_object(obj, "invoice", path)
     transitions = _dict(obj, "status_transitions", path)
@@ -347,9 +352,9 @@ def parse_invoice(obj: dict[str, Any], path: str = "data.object") -> Invoice:
         customer=_sid(obj, "customer", path),
         created=_int(obj, "created", path),
         currency=_cur(obj, path),
-        amount_paid=_int(obj, "amount_paid", path),
-        total=_oint(obj, "total", path),
-        total_excluding_tax=_oint(obj, "total_excluding_tax", path),
+        amount_paid=_amount_ok(_int(obj, "amount_paid", path), "amount_paid", path, signed=True),
+        total=_opt_amount(obj, "total", path),
+        total_excluding_tax=_opt_amount(obj, "total_excluding_tax", path),
         paid_at=_oint(transitions, "paid_at", f"{path}.status_transitions") if transitions else None,
         subscription=subscription,
         charge=_sid(obj, "charge", path),
@@ -360,12 +365,20 @@ def parse_invoice(obj: dict[str, Any], path: str = "data.object") -> Invoice:
     )
 
 
+# Stripe's largest amounts have 12 digits; anything beyond this is not a real payment
+MAX_AMOUNT = 10**15
+
+
+def _amount_ok(value: int, field: str, path: str, *, signed: bool = False) -> int:
+    if value > MAX_AMOUNT or value < (-MAX_AMOUNT if signed else 0):
+        raise StripeParseError(f"{path}.{field}", f"{value} is not a plausible amount in minor units")
+    return value
+
+
 def parse_charge(obj: dict[str, Any], path: str = "data.object") -> Charge:
     _expect_object(obj, "charge", path)
-    amount = _int(obj, "amount", path)
-    refunded = _oint(obj, "amount_refunded", path) or 0
-    if amount < 0 or refunded < 0:
-        raise StripeParseError(f"{path}.amount", "amounts must not be negative")
+    amount = _amount_ok(_int(obj, "amount", path), "amount", path)
+    refunded = _amount_ok(_oint(obj, "amount_refunded", path) or 0, "amount_refunded", path)
     return Charge(
         id=_id(obj, path),
         customer=_sid(obj, "customer", path),

@@ -171,3 +171,9 @@ def test_charges_and_refunds_of_other_customers_do_not_mix(rules: Rules) -> None
     out = feed(engine, charge("ch_1", "cus_B", JAN11, amount=10000, amount_refunded=10000,
                               type_="charge.refunded"))
     assert out == []
+
+
+def test_a_refund_claiming_more_than_the_charge_reverses_at_most_the_reward(rules: Rules) -> None:
+    engine = signed_up(rules)
+    feed(engine, invoice_paid("in_1", "cus_A", JAN11, amount_paid=10000, charge="ch_1"))
+    assert reversed_(engine, refunded(25000, "2026-01-20", invoice="in_1")) == [2500]

@@ -130,6 +130,10 @@ def test_every_read_fixture_folds_without_error(era: str) -> None:
     (wrap({"id": "ch_1", "created": 1, "currency": "usd", "amount": True}, "charge.refunded"),
      "data.object.amount"),
     (wrap({"id": "cus_1", "metadata": "x", "created": 1}, "customer.created"), "data.object.metadata"),
+    (wrap({"id": "ch_1", "created": 1, "currency": "usd", "amount": -5}, "charge.refunded"),
+     "data.object.amount"),
+    (wrap({"id": "in_1", "created": 1, "currency": "usd", "amount_paid": 10**16}, "invoice.paid"),
+     "data.object.amount_paid"),
 ])
 def test_malformed_bodies_name_the_field(body: bytes, path: str) -> None:
     with pytest.raises(StripeParseError) as err:
