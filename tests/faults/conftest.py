@@ -45,15 +45,25 @@ def _free_port_run(n: int) -> int:
 @pytest.fixture(scope="session")
 def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.Cluster]:
     """A 3-node KRaft cluster started the way an operator would: `refstream kafka up --brokers 3`."""
-    data_dir = tmp_path_factory.mktemp("kafka3")
-    port = _free_port_run(3)
     env = {**os.environ, "KAFKA_HEAP_OPTS": SMALL_HEAP}
     cli = [str(Path(sys.executable).parent / "refstream")]  # the installed console command
-    up = subprocess.run(
-        [*cli, "kafka", "up", "--brokers", "3", "--port", str(port), "--data-dir", str(data_dir), "--detach"],
-        env=env, capture_output=True, text=True, cwd=ROOT, timeout=180,
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
+    failures = []
+    for _ in range(3):
+        # other engineers' brokers come and go on this machine: a port free a moment ago may be
+        # taken when ours binds, so a failed start is retried on other ports
+        data_dir = tmp_path_factory.mktemp("kafka3")
+        port = _free_port_run(3)
+        up = subprocess.run(
+            [*cli, "kafka", "up", "--brokers", "3", "--port", str(port), "--data-dir", str(data_dir),
+             "--detach"],
+            env=env, capture_output=True, text=True, cwd=ROOT, timeout=180,
+        )
+        if up.returncode == 0:
+            break
+        failures.append(up.stdout + up.stderr)
+        localkafka.down(data_dir)
+    else:
+        raise AssertionError("`refstream kafka up --brokers 3` failed three times:\n" + "\n".join(failures))
     cluster = localkafka.Cluster(data_dir, port=port, brokers=3)
     try:
         yield cluster
@@ -129,7 +139,15 @@ def ingest_server(cfg: Settings, prefix: str, *, keepalive_timeout: float = 15.0
     try:
         yield IngestServer(holder["port"], loop)
     finally:
-        asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(30)
+        async def shutdown() -> None:
+            await holder["runner"].cleanup()
+            # connections the tests left stalled still have handler tasks: end them too
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
@@ -215,7 +233,8 @@ def reliability() -> Iterator[Reliability]:
             REPORT.write_text(rendered)
 
 
-EXPECTED_ROWS = 5
+# the fault tests that add a row: broker loss, stalled clients, SIGSTOP, fuzz
+EXPECTED_ROWS = 4
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout_s: float, interval_s: float = 0.1) -> Any:
