@@ -141,10 +141,11 @@ class Publisher(ConsumerRebalanceListener):
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=50, max_records=2000)
-                for tp, msgs in batch.items():
-                    if msgs:
-                        async with self.lock:
-                            await self._publish(consumer, tp, msgs)
+                if batch:
+                    async with self.lock:
+                        # partitions have their own producers and transactions: in parallel
+                        await asyncio.gather(*(self._publish(consumer, tp, msgs)
+                                               for tp, msgs in batch.items() if msgs))
         finally:
             for p in list(self.producers):
                 await self._drop(p)
