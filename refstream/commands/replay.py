@@ -126,6 +126,13 @@ def replay(
 
     rules = rules_or_fail(rules_path)
     compare = rules_or_fail(compare_path) if compare_path is not None else None
+    for option, path in (("--out", out), ("--html", html_path)):
+        # checked before a fold that may take minutes, not after it
+        if path is not None and not (path.parent if str(path.parent) else Path(".")).is_dir():
+            raise click.ClickException(
+                f"cannot write {path}: the folder {path.parent} does not exist. Create it first, or "
+                f"choose another {option}."
+            )
     src, name = open_source(source, topic_prefix, headers=False)
     bar = Progress(src, "replay", progress)  # type: ignore[arg-type]
     try:

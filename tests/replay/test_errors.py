@@ -97,3 +97,13 @@ def test_a_time_without_offset_is_a_usage_error_with_the_fix(rules, tmp_path):
     result = run("replay", "--rules", str(rules), "--source", str(log), "--as-of", "2026-02-15T00:00")
     assert result.exit_code == 2
     assert "no UTC offset" in result.output and "2026-02-15T00:00Z" in result.output
+
+
+def test_an_output_folder_that_does_not_exist_is_named_before_folding(rules, tmp_path):
+    log = tmp_path / "log.jsonl"
+    write_export(log, records())
+    target = tmp_path / "missing" / "report.csv"
+    result = run("replay", "--rules", str(rules), "--source", str(log), "--out", str(target))
+    assert_clear_failure(result, f"the folder {target.parent} does not exist", "--out")
+    result = run("replay", "--rules", str(rules), "--source", str(log), "--html", str(target))
+    assert_clear_failure(result, "--html")
