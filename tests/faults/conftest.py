@@ -42,9 +42,11 @@ def _free_port_run(n: int) -> int:
     raise RuntimeError("no run of free ports")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.Cluster]:
-    """A 3-node KRaft cluster started the way an operator would: `refstream kafka up --brokers 3`."""
+    """A 3-node KRaft cluster started the way an operator would: `refstream kafka up --brokers 3`.
+
+    Package-scoped: the three JVMs are gone before the rest of the suite runs."""
     env = {**os.environ, "KAFKA_HEAP_OPTS": SMALL_HEAP}
     cli = [str(Path(sys.executable).parent / "refstream")]  # the installed console command
     failures = []
