@@ -116,7 +116,12 @@ class Batch:
     def get(self, key: str, event: faust.types.EventT) -> Envelope:
         env = self.envelopes.get(key)
         if env is None:
-            env = loads_envelope(self.table.get(key))
+            # read from the partition of the record that names the key: its own
+            token = _current_event.set(weakref.ref(event))
+            try:
+                env = loads_envelope(self.table.get(key))
+            finally:
+                _current_event.reset(token)
             self.envelopes[key] = env
             self.owner[key] = event
         return env

@@ -39,7 +39,9 @@ class WorkerConfig:
 
     @property
     def data_dir(self) -> Path:
-        return self.settings.data_dir / "worker"
+        # per app id: RocksDB files are named by table and partition only, so sandbox and
+        # production (or two test prefixes) must not share a folder
+        return self.settings.data_dir / "worker" / self.app_id
 
     def internal(self, name: str) -> str:
         """Internal topic names live next to the environment's topics."""

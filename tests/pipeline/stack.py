@@ -100,6 +100,7 @@ class Stack:
     tmp: Path
     procs: list[Proc] = field(default_factory=list)
     posted: list[bytes] = field(default_factory=list)
+    web_token: str | None = None  # REFSTREAM_WEB_TOKEN of the workers started from now on
 
     def __post_init__(self) -> None:
         self.topics = Topics("sandbox", self.prefix)
@@ -116,6 +117,8 @@ class Stack:
             REFSTREAM_RULES=str(RULES),
             REFSTREAM_DATA_DIR=str(self.tmp / "data"),
         )
+        if self.web_token:
+            env["REFSTREAM_WEB_TOKEN"] = self.web_token
         env.update(extra)
         return env
 
@@ -191,14 +194,20 @@ class Stack:
             raise AssertionError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
         try:
             timeout = aiohttp.ClientTimeout(total=5)
-            async with aiohttp.ClientSession() as http, http.get(proc.url + path, timeout=timeout) as resp:
+            async with aiohttp.ClientSession() as http, http.get(proc.url + path, timeout=timeout,
+                                                                  headers=self._auth()) as resp:
                 return resp.status == 200
         except (TimeoutError, aiohttp.ClientError):
             return False
 
-    async def get_json(self, proc: Proc, path: str) -> tuple[int, Any]:
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.web_token}"} if self.web_token else {}
+
+    async def get_json(self, proc: Proc, path: str, *, auth: bool = True) -> tuple[int, Any]:
         timeout = aiohttp.ClientTimeout(total=15)
-        async with aiohttp.ClientSession() as http, http.get(proc.url + path, timeout=timeout) as resp:
+        headers = self._auth() if auth else {}
+        async with aiohttp.ClientSession() as http, http.get(proc.url + path, timeout=timeout,
+                                                              headers=headers) as resp:
             return resp.status, await resp.json(content_type=None)
 
     # --- input ------------------------------------------------------------------------------

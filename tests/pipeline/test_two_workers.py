@@ -15,6 +15,7 @@ pytestmark = pytest.mark.kafka
 async def test_two_workers_share_hand_over_and_answer_for_every_referrer(stack: Stack) -> None:
     bodies = worked_example() + list(programme(Programme(referrers=8, customers=60, seed=31)))
     half = len(bodies) // 2
+    stack.web_token = "s3cret-web-token"
     await stack.start_ingest()
     one = await stack.start_worker("worker-1")
     two = await stack.start_worker("worker-2")
@@ -34,6 +35,10 @@ async def test_two_workers_share_hand_over_and_answer_for_every_referrer(stack: 
         assert answers[0] == answers[1]
     status, body = await stack.get_json(one, "/referrers/ucc_nobody")
     assert status == 404 and "no referrer" in body["error"]
+    # REFSTREAM_WEB_TOKEN is set: without the bearer token, no answer (also when forwarded)
+    for worker in (one, two):
+        status, body = await stack.get_json(worker, f"/referrers/{uccs[0]}", auth=False)
+        assert status == 401 and "Bearer" in body["fix"]
 
     # stopping one: the other takes over its partitions, with the same guarantee
     stack.stop(one)
