@@ -250,6 +250,17 @@ def step(
     (a payout run or decision for a referrer with nothing; callers need not store it)."""
     if state is None:
         state = empty_state(message.ucc if not isinstance(message, PayoutRun) else "")
+    if type(message) is PayoutRun:
+        # a run steps every referrer; most have nothing to pay, and then only the run id is
+        # recorded (no working copy)
+        if message.run_id in state.runs:
+            return state, []  # the same run id twice pays nothing more
+        payable = _payable(state.referrals, None, message.as_of)
+        if not payable:
+            return state._replace(runs=(*state.runs, message.run_id)), []
+        tx = _Tx(state, rules)
+        _on_payout_run(tx, message, payable)
+        return tx.done()
     tx = _Tx(state, rules)
     if isinstance(message, Payment):
         _on_payment(tx, message)
@@ -257,8 +268,6 @@ def step(
         _on_refund(tx, message)
     elif isinstance(message, Signup):
         _on_signup(tx, message)
-    elif isinstance(message, PayoutRun):
-        _on_payout_run(tx, message)
     elif isinstance(message, ReviewDecision):
         _on_decision(tx, message)
     elif isinstance(message, UnlinkedRefund):
@@ -555,16 +564,15 @@ def _payable(referrals: dict[str, ReferralState], currency: str | None, as_of: i
     return out
 
 
-def _on_payout_run(tx: _Tx, run: PayoutRun) -> None:
-    if run.run_id in tx.runs:
-        return  # the same run id twice pays nothing more
+def _on_payout_run(tx: _Tx, run: PayoutRun, payable: list[Entry]) -> None:
     tx.runs = (*tx.runs, run.run_id)
     rules = tx.rules
-    payable = _payable(tx.referrals, None, run.as_of)
     by_currency: dict[str, list[Entry]] = {}
     for e in payable:
         by_currency.setdefault(e.currency, []).append(e)
     covered: set[str] = set()
+    # referral id → the payment ids whose reward is now (partly) paid, in entry order
+    paid_by_referral: dict[str, list[str | None]] = {}
     for currency in sorted(by_currency):
         entries = by_currency[currency]
         balance = sum(e.amount for e in entries)
@@ -581,16 +589,21 @@ def _on_payout_run(tx: _Tx, run: PayoutRun) -> None:
         tx.w_paid()[currency] = tx.paid.get(currency, 0) + balance
         for e in entries:
             covered.add(e.entry_id)
-            ref = tx.referrals[e.referral_id]
+            paid = paid_by_referral.setdefault(e.referral_id, [])
             if e.amount > 0:
-                rec = ref.payments.get(e.payment_id) if e.payment_id else None
-                if rec is not None and not rec.paid:
-                    ref = _with_payment(ref, e.payment_id or "", rec._replace(paid=True))
-                if not ref.paid_any:
-                    ref = ref._replace(paid_any=True)
-            tx.put(e.referral_id, ref)
-    for rid in {e.referral_id for c in by_currency.values() for e in c if e.entry_id in covered}:
+                paid.append(e.payment_id)
+    # one update per referral: its paid entries leave, their payments are marked paid
+    for rid, payment_ids in paid_by_referral.items():
         ref = tx.referrals[rid]
+        if payment_ids:
+            payments = ref.payments
+            for pid in payment_ids:
+                rec = payments.get(pid) if pid else None
+                if rec is not None and not rec.paid:
+                    if payments is ref.payments:
+                        payments = dict(payments)
+                    payments[pid or ""] = rec._replace(paid=True)
+            ref = ref._replace(payments=payments, paid_any=True)
         tx.put(rid, ref._replace(entries=tuple(e for e in ref.entries if e.entry_id not in covered)))
 
 
