@@ -30,7 +30,10 @@ CASE_KINDS = (ATTRIBUTION_CONFLICT, LATE_ATTRIBUTION, UNSUPPORTED_CURRENCY, UNLI
 
 def fact_id(*parts: str | int | None) -> str:
     """A 128-bit hex id derived from the facts (order matters; None and "" differ)."""
-    text = "\x1f".join([p if type(p) is str else "\x00" if p is None else str(p) for p in parts])
+    try:
+        text = "\x1f".join(parts)  # type: ignore[arg-type]  # most ids: strings only, no conversion
+    except TypeError:  # a None or an int among them
+        text = "\x1f".join([p if type(p) is str else "\x00" if p is None else str(p) for p in parts])
     return _blake2b(text.encode(), digest_size=16).hexdigest()
 
 
