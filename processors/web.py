@@ -54,6 +54,27 @@ def install(app: faust.App, pipeline: Pipeline) -> None:
                                  status=404)
             return self.json({**summary, "as_of": as_of})
 
+    @app.page("/metrics")
+    class Metrics(View):
+        """Prometheus text: the counters operators alert on (dead letters above all)."""
+
+        async def get(self, request: Request) -> Response:
+            if not _authorized(pipeline, request):
+                return _unauthorized(self)
+            c = pipeline.counters
+            lines = [
+                "# HELP refstream_worker_dead_letters_total Records set aside to the dead-letter topic.",
+                "# TYPE refstream_worker_dead_letters_total counter",
+                f"refstream_worker_dead_letters_total {c.dead_letters}",
+                "# HELP refstream_worker_processed_total Records stepped through the reward core.",
+                "# TYPE refstream_worker_processed_total counter",
+                f"refstream_worker_processed_total {c.processed}",
+                "# HELP refstream_worker_skipped_total Replayed records already applied (dropped).",
+                "# TYPE refstream_worker_skipped_total counter",
+                f"refstream_worker_skipped_total {c.skipped}",
+            ]
+            return self.text("\n".join(lines) + "\n", content_type="text/plain")
+
     @app.page("/readyz")
     class Ready(View):
         async def get(self, request: Request) -> Response:
