@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -220,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             localkafka.down(cluster.data_dir)
         else:
             asyncio.run(_delete_topics(bootstrap, prefix))
-        for f in work.glob("*.jsonl.gz"):
-            f.unlink()
+        shutil.rmtree(work, ignore_errors=True)  # the broker's data and the export: ~1 GB
     result = {
         "log": written,
         "export": {"records": exported, "seconds": round(export_s, 1),
