@@ -268,18 +268,26 @@ def _id(obj: dict[str, Any], path: str) -> str:
 
 
 def parse_customer(obj: dict[str, Any], path: str = "data.object") -> Customer:
-    _expect_object(obj, "customer", path)
-    meta = _dict(obj, "metadata", path)
-    deleted = obj.get("deleted") is True
+    get = obj.get
+    if get("object") not in (None, "customer"):
+        _expect_object(obj, "customer", path)
+    meta = get("metadata")
+    if type(meta) is not dict:
+        meta = _opt_dict(obj, "metadata", path)
+    deleted = get("deleted") is True
     created = _oint(obj, "created", path) if deleted else _int(obj, "created", path)
     return Customer(
         _id(obj, path), created, deleted,
-        _meta(meta, "cello_ucc"), _meta(meta, "new_user_id"), _meta(meta, "new_user_organization_id"),
+        # no metadata at all (most updates of unattributed customers): no lookups
+        _meta(meta, "cello_ucc") if meta else None,
+        _meta(meta, "new_user_id") if meta else None,
+        _meta(meta, "new_user_organization_id") if meta else None,
     )
 
 
 def parse_subscription(obj: dict[str, Any], path: str = "data.object") -> Subscription:
-    _expect_object(obj, "subscription", path)
+    if obj.get("object") not in (None, "subscription"):
+        _expect_object(obj, "subscription", path)
     status = obj.get("status")
     return Subscription(
         _id(obj, path), _sid(obj, "customer", path), _oint(obj, "created", path),
@@ -291,11 +299,18 @@ def parse_subscription(obj: dict[str, Any], path: str = "data.object") -> Subscr
 def _parse_line(line: Any, path: str) -> InvoiceLine:
     if type(line) is not dict:
         raise StripeParseError(path, f"expected a line item object, got {_type_name(line)}")
-    period = _dict(line, "period", path)
-    parent = _dict(line, "parent", path)
+    get = line.get
+    period = get("period")
+    if type(period) is not dict:
+        period = _opt_dict(line, "period", path)
+    parent = get("parent")
+    if type(parent) is not dict:
+        parent = _opt_dict(line, "parent", path)
     if parent:  # 2025-03-31 and later
         is_sub = parent.get("type") == "subscription_item_details"
-        details = _dict(parent, "subscription_item_details", f"{path}.parent") if is_sub else {}
+        details = parent.get("subscription_item_details") if is_sub else {}
+        if type(details) is not dict:
+            details = _opt_dict(parent, "subscription_item_details", f"{path}.parent")
         proration = details.get("proration") is True
     else:
         is_sub = line.get("type") == "subscription"
@@ -304,7 +319,10 @@ def _parse_line(line: Any, path: str) -> InvoiceLine:
     if (start is not None and type(start) is not int) or (end is not None and type(end) is not int):
         _opt_int(period, "start", f"{path}.period")
         _opt_int(period, "end", f"{path}.period")
-    return InvoiceLine(_int(line, "amount", path), start, end, is_sub, proration)
+    amount = get("amount")
+    if type(amount) is not int:
+        amount = _req_int(line, "amount", path)
+    return InvoiceLine(amount, start, end, is_sub, proration)
 
 
 def _lines(obj: dict[str, Any], path: str) -> tuple[InvoiceLine, ...]:
@@ -312,6 +330,8 @@ def _lines(obj: dict[str, Any], path: str) -> tuple[InvoiceLine, ...]:
     data = v.get("data") if type(v) is dict else None
     if type(data) is not list:
         data = _list_data(obj, "lines", path)
+    if len(data) == 1:  # the usual invoice: one line, no generator
+        return (_parse_line(data[0], f"{path}.lines.data[0]"),)
     return tuple(_parse_line(line, f"{path}.lines.data[{i}]") for i, line in enumerate(data))
 
 
@@ -321,19 +341,33 @@ def _opt_amount(obj: dict[str, Any], key: str, path: str) -> int | None:
 
 
 def parse_invoice(obj: dict[str, Any], path: str = "data.object") -> Invoice:
-    _expect_object(obj, "invoice", path)
-    transitions = _dict(obj, "status_transitions", path)
-    parent = _dict(obj, "parent", path)
+    # The most frequent and largest object: every field is read inline (one lookup, one type
+    # check); the readers above run only for rare shapes and errors, in the same order as
+    # the fields, so a bad body is refused with the same path as before.
+    get = obj.get
+    if get("object") not in (None, "invoice"):
+        _expect_object(obj, "invoice", path)
+    transitions = get("status_transitions")
+    if type(transitions) is not dict:
+        transitions = _opt_dict(obj, "status_transitions", path)
+    parent = get("parent")
+    if type(parent) is not dict:
+        parent = _opt_dict(obj, "parent", path)
     subscription = None
     # only a subscription's invoice has subscription_details (a quote's has quote_details)
     if parent and parent.get("type") in (None, "subscription_details"):
-        subscription = _sid(_dict(parent, "subscription_details", f"{path}.parent"), "subscription",
-                            f"{path}.parent.subscription_details")
+        details = parent.get("subscription_details")
+        if type(details) is not dict:
+            details = _opt_dict(parent, "subscription_details", f"{path}.parent")
+        v = details.get("subscription")
+        subscription = v if type(v) is str and v else _ref(
+            details, "subscription", f"{path}.parent.subscription_details")
     if subscription is None:
-        subscription = _sid(obj, "subscription", path)
+        v = get("subscription")
+        subscription = v if type(v) is str and v else _ref(obj, "subscription", path)
     charges: list[str] = []
     intents: list[str] = []
-    if obj.get("payments") is not None:
+    if get("payments") is not None:
         for i, pay in enumerate(_list_data(obj, "payments", path)):
             p = f"{path}.payments.data[{i}]"
             if not isinstance(pay, dict):
@@ -347,21 +381,44 @@ def parse_invoice(obj: dict[str, Any], path: str = "data.object") -> Invoice:
                 charges.append(ch)
             if pi:
                 intents.append(pi)
+    invoice_id = get("id")
+    if type(invoice_id) is not str or not invoice_id:
+        invoice_id = _req_str(obj, "id", path)
+    customer = get("customer")
+    if type(customer) is not str or not customer:
+        customer = _ref(obj, "customer", path)
+    created = get("created")
+    if type(created) is not int:
+        created = _req_int(obj, "created", path)
+    currency = get("currency")
+    currency = _CURRENCIES.get(currency) if type(currency) is str else None
+    if currency is None:
+        currency = _cur(obj, path)
+    amount_paid = get("amount_paid")
+    if type(amount_paid) is not int:
+        amount_paid = _req_int(obj, "amount_paid", path)
+    if not -MAX_AMOUNT <= amount_paid <= MAX_AMOUNT:
+        _amount_ok(amount_paid, "amount_paid", path, signed=True)
+    total = get("total")
+    if total is not None and (type(total) is not int or not -MAX_AMOUNT <= total <= MAX_AMOUNT):
+        total = _opt_amount(obj, "total", path)
+    excluding_tax = get("total_excluding_tax")
+    if excluding_tax is not None and (
+        type(excluding_tax) is not int or not -MAX_AMOUNT <= excluding_tax <= MAX_AMOUNT
+    ):
+        excluding_tax = _opt_amount(obj, "total_excluding_tax", path)
+    paid_at = transitions.get("paid_at") if transitions else None
+    if paid_at is not None and type(paid_at) is not int:
+        paid_at = _opt_int(transitions, "paid_at", f"{path}.status_transitions")
+    charge = get("charge")
+    if type(charge) is not str or not charge:
+        charge = _ref(obj, "charge", path)
+    intent = get("payment_intent")
+    if type(intent) is not str or not intent:
+        intent = _ref(obj, "payment_intent", path)
     return Invoice(
-        id=_id(obj, path),
-        customer=_sid(obj, "customer", path),
-        created=_int(obj, "created", path),
-        currency=_cur(obj, path),
-        amount_paid=_amount_ok(_int(obj, "amount_paid", path), "amount_paid", path, signed=True),
-        total=_opt_amount(obj, "total", path),
-        total_excluding_tax=_opt_amount(obj, "total_excluding_tax", path),
-        paid_at=_oint(transitions, "paid_at", f"{path}.status_transitions") if transitions else None,
-        subscription=subscription,
-        charge=_sid(obj, "charge", path),
-        payment_intent=_sid(obj, "payment_intent", path),
-        payment_charges=tuple(charges),
-        payment_intents=tuple(intents),
-        lines=_lines(obj, path),
+        invoice_id, customer, created, currency, amount_paid, total, excluding_tax, paid_at,
+        subscription, charge, intent, tuple(charges), tuple(intents), _lines(obj, path),
     )
 
 
@@ -376,24 +433,49 @@ def _amount_ok(value: int, field: str, path: str, *, signed: bool = False) -> in
 
 
 def parse_charge(obj: dict[str, Any], path: str = "data.object") -> Charge:
-    _expect_object(obj, "charge", path)
-    amount = _amount_ok(_int(obj, "amount", path), "amount", path)
-    refunded = _amount_ok(_oint(obj, "amount_refunded", path) or 0, "amount_refunded", path)
+    # read inline like parse_invoice (the second most frequent object)
+    get = obj.get
+    if get("object") not in (None, "charge"):
+        _expect_object(obj, "charge", path)
+    amount = get("amount")
+    if type(amount) is not int:
+        amount = _req_int(obj, "amount", path)
+    if not 0 <= amount <= MAX_AMOUNT:
+        _amount_ok(amount, "amount", path)
+    refunded = get("amount_refunded")
+    if refunded is not None and type(refunded) is not int:
+        refunded = _opt_int(obj, "amount_refunded", path)
+    refunded = refunded or 0
+    if not 0 <= refunded <= MAX_AMOUNT:
+        _amount_ok(refunded, "amount_refunded", path)
+    charge_id = get("id")
+    if type(charge_id) is not str or not charge_id:
+        charge_id = _req_str(obj, "id", path)
+    customer = get("customer")
+    if type(customer) is not str or not customer:
+        customer = _ref(obj, "customer", path)
+    created = get("created")
+    if type(created) is not int:
+        created = _req_int(obj, "created", path)
+    currency = get("currency")
+    currency = _CURRENCIES.get(currency) if type(currency) is str else None
+    if currency is None:
+        currency = _cur(obj, path)
+    invoice = get("invoice")
+    if type(invoice) is not str or not invoice:
+        invoice = _ref(obj, "invoice", path)
+    intent = get("payment_intent")
+    if type(intent) is not str or not intent:
+        intent = _ref(obj, "payment_intent", path)
     return Charge(
-        id=_id(obj, path),
-        customer=_sid(obj, "customer", path),
-        created=_int(obj, "created", path),
-        currency=_cur(obj, path),
-        amount=amount,
-        amount_refunded=refunded,
-        invoice=_sid(obj, "invoice", path),
-        one_off="invoice" in obj and obj["invoice"] is None,
-        payment_intent=_sid(obj, "payment_intent", path),
+        charge_id, customer, created, currency, amount, refunded, invoice,
+        "invoice" in obj and obj["invoice"] is None, intent,
     )
 
 
 def parse_invoice_payment(obj: dict[str, Any], path: str = "data.object") -> InvoicePayment:
-    _expect_object(obj, "invoice_payment", path)
+    if obj.get("object") not in (None, "invoice_payment"):
+        _expect_object(obj, "invoice_payment", path)
     payment = _dict(obj, "payment", path)
     charge = _sid(payment, "charge", f"{path}.payment")
     intent = _sid(payment, "payment_intent", f"{path}.payment")
@@ -458,9 +540,10 @@ def parse_envelope(doc: Any) -> StripeEvent:
     if type(obj) is not dict:
         raise StripeParseError("data.object", "expected the event's object")
     api_version = doc.get("api_version")
+    parser = _PARSERS.get(event_type)  # _parse_object, inline
     return StripeEvent(
         event_id, event_type, created, livemode, api_version if type(api_version) is str else None,
-        _parse_object(event_type, obj),
+        None if parser is None else parser(obj),
     )
 
 
