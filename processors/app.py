@@ -93,6 +93,11 @@ def create_app(cfg: WorkerConfig) -> faust.App:
         # nothing with them
         agent_supervisor=CrashingSupervisor,
         web_enabled=True,
+        # faust's /table pages serve table values to anyone, around the bearer token
+        # (tests/faults/test_worker_security.py); /router stays: table_route needs it
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
         web_bind=cfg.web_host,
         web_host=cfg.web_host,
         web_port=cfg.web_port,
