@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from schemas.frozen import fast_init
+
 # Notification kinds (SPEC §8)
 NEW_SIGNUP = "new_signup"
 REWARD_EARNED = "reward_earned"
@@ -40,6 +42,7 @@ def fact_id(*parts: str | int | None) -> str:
 _blake2b = hashlib.blake2b
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PayoutCommand:
     payout_id: str
@@ -52,6 +55,7 @@ class PayoutCommand:
     rules_revision: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NotificationCommand:
     notification_id: str
@@ -64,6 +68,7 @@ class NotificationCommand:
     occurred_at: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReviewCase:
     case_id: str

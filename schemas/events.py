@@ -11,11 +11,14 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from schemas.frozen import fast_init
+
 VERSION = 1
 
 # --- stage "customer" → stage "referrer" (key: ucc) --------------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Signup:
     """A customer attributed to `ucc`: the referral's signup (SPEC §3)."""
@@ -27,6 +30,7 @@ class Signup:
     event_id: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Payment:
     """An eligible-looking paid invoice (or one-off charge) of an attributed customer."""
@@ -44,6 +48,7 @@ class Payment:
     event_id: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Refund:
     """A charge's cumulative refund, linked to its payment."""
@@ -59,6 +64,7 @@ class Refund:
     event_id: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class UnlinkedRefund:
     """A refunded charge that no known payment links to (SPEC §5)."""
@@ -74,6 +80,7 @@ class UnlinkedRefund:
     event_id: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SubscriptionEnded:
     ucc: str
@@ -84,6 +91,7 @@ class SubscriptionEnded:
     event_id: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AttributionConflict:
     """A later event names another referrer for an attributed customer (SPEC §3)."""
@@ -99,6 +107,7 @@ class AttributionConflict:
 # --- entry → stage "invoice" (key: invoice id), and back ---------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class InvoicePaymentPaid:
     """An `invoice_payment.paid` event: an invoice paid by a charge or payment intent."""
@@ -109,6 +118,7 @@ class InvoicePaymentPaid:
     event_id: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class InvoiceSeen:
     """stage "customer" → "invoice": this invoice belongs to this customer."""
@@ -117,6 +127,7 @@ class InvoiceSeen:
     customer_id: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PaymentLink:
     """stage "invoice" → "customer": this charge / payment intent paid this invoice."""

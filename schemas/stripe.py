@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from schemas.frozen import fast_init
+
 # Event types the rules read (SPEC §2); ingest writes these and answers 200 to the rest.
 CUSTOMER_TYPES = frozenset({"customer.created", "customer.updated", "customer.deleted"})
 SUBSCRIPTION_TYPES = frozenset({
@@ -35,6 +37,7 @@ class StripeParseError(ValueError):
         super().__init__(f"{path}: {problem}")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Customer:
     id: str
@@ -46,6 +49,7 @@ class Customer:
     organization_id: str | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Subscription:
     id: str
@@ -56,6 +60,7 @@ class Subscription:
     ended_at: int | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class InvoiceLine:
     amount: int
@@ -65,6 +70,7 @@ class InvoiceLine:
     proration: bool
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Invoice:
     id: str
@@ -83,6 +89,7 @@ class Invoice:
     lines: tuple[InvoiceLine, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Charge:
     id: str
@@ -96,6 +103,7 @@ class Charge:
     payment_intent: str | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class InvoicePayment:
     id: str
@@ -109,6 +117,7 @@ class InvoicePayment:
 StripeObject = Customer | Subscription | Invoice | Charge | InvoicePayment
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StripeEvent:
     id: str
