@@ -150,6 +150,7 @@ class Pipeline:
         self.cfg = cfg
         self.rules = cfg.rules
         self.counters = Counters()
+        self.storage_error: Exception | None = None  # a table write that failed (see _run)
         t, n = cfg.topics, cfg.partitions
         raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
         self.t_customer = cfg.internal("customer")
@@ -218,7 +219,13 @@ class Pipeline:
                     await asyncio.gather(*pending)
                 t2 = time.perf_counter()
                 if batch is not None:
-                    batch.write()
+                    try:
+                        batch.write()
+                    except Exception as exc:
+                        # e.g. RocksDB on a full disk: kept for the worker's last word (faust's
+                        # own crash reason ends up as the CancelledError of the shutdown)
+                        self.storage_error = exc
+                        raise
                 t3 = time.perf_counter()
                 counters.step_s += t1 - t0
                 counters.ack_wait_s += t2 - t1

@@ -3,13 +3,52 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+from pathlib import Path
 
 import click
 
 from refstream.settings import SettingsError
 from schemas.rules import RulesError
 from schemas.topics import DEFAULT_PARTITIONS, Topics
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                   errno.EEXIST, errno.EIO}
+_STORAGE_TEXTS = ("No space left", "Disk quota", "Permission denied", "Read-only file system",
+                  "Not a directory", "Input/output error")
+
+
+def _data_dir_problem(data_dir: Path, exc: BaseException | None) -> str | None:
+    """A message naming the folder and the fix when `exc` (or what caused it) is the
+    filesystem refusing the worker's table files; None for anything else."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        if (isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS) or any(
+            t in text for t in _STORAGE_TEXTS
+        ):
+            return (
+                f"The worker cannot write its table files in {data_dir} ({text[:200]}). Fix: free "
+                "space on that disk or make the folder writable for this user (or point "
+                "REFSTREAM_DATA_DIR at one that is), then start the worker again; it restores its "
+                "tables from Kafka and resumes where it stopped committing."
+            )
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    """Refuse to start, naming the folder, unless table files can be written there."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / ".refstream-write-check"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        message = _data_dir_problem(data_dir, exc) or f"The worker cannot use {data_dir}: {exc}"
+        raise click.ClickException(message) from None
 
 
 def _partitions(bootstrap: str, topic: str) -> int | None:
@@ -65,9 +104,10 @@ def worker(web_port: int, web_host: str, log_level: str, topic_prefix: str) -> N
             f"topics (`refstream topics create`), or set REFSTREAM_KAFKA_BOOTSTRAP."
         )
     cfg = dataclasses.replace(cfg, partitions=n or DEFAULT_PARTITIONS, web_host=web_host)
+    _check_data_dir(cfg.data_dir)
     asyncio.run(ensure_internal_topics(cfg))
     app = create_app(cfg)
-    Pipeline(app, cfg)
+    pipeline = Pipeline(app, cfg)
     logging_config = {
         "version": 1,
         "disable_existing_loggers": False,
@@ -82,5 +122,16 @@ def worker(web_port: int, web_host: str, log_level: str, topic_prefix: str) -> N
         "starting", extra={"app_id": cfg.app_id, "partitions": cfg.partitions, "web_port": web_port,
                            "kafka": cfg.settings.kafka_bootstrap, "rules_revision": cfg.rules.revision}
     )
-    faust.Worker(app, loglevel=log_level.upper(), logging_config=logging_config, quiet=True,
-                 redirect_stdouts=False).execute_from_commandline()
+    runner = faust.Worker(app, loglevel=log_level.upper(), logging_config=logging_config, quiet=True,
+                          redirect_stdouts=False)
+    try:
+        runner.execute_from_commandline()
+    except (SystemExit, asyncio.CancelledError) as stopped:
+        # a full or read-only disk under RocksDB crashes an agent: end with what to do about
+        # it, not with the traceback faust logged (tests/faults/test_worker_data_dir.py)
+        failed = not isinstance(stopped, SystemExit) or stopped.code not in (0, None)
+        problem = failed and _data_dir_problem(
+            cfg.data_dir, pipeline.storage_error or runner.crash_reason or app.crash_reason)
+        if problem:
+            raise click.ClickException(problem) from None
+        raise
