@@ -153,17 +153,21 @@ class Stack:
         self.ingest = proc
         return proc
 
-    async def start_worker(self, name: str = "worker-1", port: int | None = None) -> Proc:
+    async def start_worker(self, name: str = "worker-1", port: int | None = None, *,
+                           ready: bool = True) -> Proc:
+        """`ready=False` returns as soon as the process runs (a fault test may kill it while
+        it is still starting or recovering)."""
         port = port or free_port()
         data_dir = self.tmp / f"data-{name}"
         proc = self._spawn(name, ["worker", "--web-port", str(port), "--topic-prefix", self.prefix],
                            port, data_dir)
-        await until(f"{name} /readyz", lambda: self._status(proc, "/readyz"), 90)
+        if ready:
+            await until(f"{name} /readyz", lambda: self._status(proc, "/readyz"), 90)
         return proc
 
-    async def restart(self, proc: Proc) -> Proc:
+    async def restart(self, proc: Proc, *, ready: bool = True) -> Proc:
         self.procs.remove(proc)
-        return await self.start_worker(proc.name, proc.port)
+        return await self.start_worker(proc.name, proc.port, ready=ready)
 
     def kill9(self, proc: Proc) -> None:
         proc.stopped = True
