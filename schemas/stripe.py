@@ -297,12 +297,26 @@ def parse_customer(obj: dict[str, Any], path: str = "data.object") -> Customer:
 def parse_subscription(obj: dict[str, Any], path: str = "data.object") -> Subscription:
     if obj.get("object") not in (None, "subscription"):
         _expect_object(obj, "subscription", path)
-    status = obj.get("status")
-    return Subscription(
-        _id(obj, path), _sid(obj, "customer", path), _oint(obj, "created", path),
-        status if type(status) is str and status else _opt_str(obj, "status", path),
-        _oint(obj, "canceled_at", path), _oint(obj, "ended_at", path),
-    )
+    get = obj.get  # read inline like parse_invoice
+    sub_id = get("id")
+    if type(sub_id) is not str or not sub_id:
+        sub_id = _req_str(obj, "id", path)
+    customer = get("customer")
+    if type(customer) is not str or not customer:
+        customer = _ref(obj, "customer", path)
+    created = get("created")
+    if created is not None and type(created) is not int:
+        created = _opt_int(obj, "created", path)
+    status = get("status")
+    if type(status) is not str or not status:
+        status = _opt_str(obj, "status", path)
+    canceled_at = get("canceled_at")
+    if canceled_at is not None and type(canceled_at) is not int:
+        canceled_at = _opt_int(obj, "canceled_at", path)
+    ended_at = get("ended_at")
+    if ended_at is not None and type(ended_at) is not int:
+        ended_at = _opt_int(obj, "ended_at", path)
+    return Subscription(sub_id, customer, created, status, canceled_at, ended_at)
 
 
 def _parse_line(line: Any, path: str) -> InvoiceLine:
@@ -485,9 +499,16 @@ def parse_charge(obj: dict[str, Any], path: str = "data.object") -> Charge:
 def parse_invoice_payment(obj: dict[str, Any], path: str = "data.object") -> InvoicePayment:
     if obj.get("object") not in (None, "invoice_payment"):
         _expect_object(obj, "invoice_payment", path)
-    payment = _dict(obj, "payment", path)
-    charge = _sid(payment, "charge", f"{path}.payment")
-    intent = _sid(payment, "payment_intent", f"{path}.payment")
+    get = obj.get  # read inline like parse_invoice
+    payment = get("payment")
+    if type(payment) is not dict:
+        payment = _opt_dict(obj, "payment", path)
+    charge = payment.get("charge")
+    if type(charge) is not str or not charge:
+        charge = _ref(payment, "charge", f"{path}.payment")
+    intent = payment.get("payment_intent")
+    if type(intent) is not str or not intent:
+        intent = _ref(payment, "payment_intent", f"{path}.payment")
     kind = payment.get("type")
     if kind == "charge" and charge is None:
         raise StripeParseError(f"{path}.payment.charge", "payment.type is 'charge' but no charge id is given")
@@ -496,15 +517,19 @@ def parse_invoice_payment(obj: dict[str, Any], path: str = "data.object") -> Inv
             f"{path}.payment.payment_intent",
             "payment.type is 'payment_intent' but no payment intent id is given",
         )
-    status = obj.get("status")
-    return InvoicePayment(
-        id=_id(obj, path),
-        invoice=_sid(obj, "invoice", path) or _req_str(obj, "invoice", path),
-        created=_oint(obj, "created", path),
-        charge=charge,
-        payment_intent=intent,
-        status=status if type(status) is str and status else _opt_str(obj, "status", path),
-    )
+    payment_id = get("id")
+    if type(payment_id) is not str or not payment_id:
+        payment_id = _req_str(obj, "id", path)
+    invoice = get("invoice")
+    if type(invoice) is not str or not invoice:
+        invoice = _ref(obj, "invoice", path) or _req_str(obj, "invoice", path)
+    created = get("created")
+    if created is not None and type(created) is not int:
+        created = _opt_int(obj, "created", path)
+    status = get("status")
+    if type(status) is not str or not status:
+        status = _opt_str(obj, "status", path)
+    return InvoicePayment(payment_id, invoice, created, charge, intent, status)
 
 
 _PARSERS: dict[str, Any] = {}
