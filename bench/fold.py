@@ -1,6 +1,7 @@
 """Benchmark: fold a generated log of ≥ 1,000,000 events through the pure core.
 
     .venv/bin/python -m bench.fold [--customers 100000] [--referrers 10000] [--profile]
+    .venv/bin/python -m bench.fold --instructions [--customers 1000] [--referrers 100]
 
 Generates the log with bench/gen.py (100,000 customers, 10,000 referrers, monthly payout
 runs), renders it in chunks of raw bytes, and times only `Engine.feed_stripe` /
@@ -8,6 +9,10 @@ runs), renders it in chunks of raw bytes, and times only `Engine.feed_stripe` /
 peak memory (max RSS of the process, and the RSS the engine's states added), and the
 state per referral as table values (the encoded bytes the workers store), then writes
 bench/results/fold.json. Targets: ≥ 100,000 events/s on one core; < 1 KiB per referral.
+
+`--instructions` counts instead of timing (seconds are noise on a shared machine): it runs
+this script twice under valgrind's callgrind on the same small log, once only rendering
+the log and once rendering and folding it, and reports the difference per event.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import json
 import os
 import platform
 import pstats
+import re
 import resource
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -71,17 +78,71 @@ def calibration_ns() -> float:
     return min(timeit.repeat("x = {'a': 1}; x.get('a')", number=200_000, repeat=5)) / 200_000 * 1e9
 
 
+def instructions(args: argparse.Namespace) -> int:
+    """Instructions per folded event: callgrind(render + fold) − callgrind(render only)."""
+    counts = {}
+    for phase in ("render", "fold"):
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
+               "bench.fold", "--customers", str(args.customers), "--referrers", str(args.referrers),
+               "--seed", str(args.seed), "--phase", phase]
+        # a fixed hash seed: dict and set layouts (and so the counts) repeat exactly
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        run = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        found = re.search(r"Collected : (\d+)", run.stderr)
+        events = re.search(r"^events (\d+)$", run.stdout, re.M)
+        if found is None or events is None:
+            raise SystemExit(f"no instruction count from valgrind:\n{run.stderr[-2000:]}")
+        counts[phase] = int(found.group(1))
+        total = int(events.group(1))
+    per_event = (counts["fold"] - counts["render"]) / total
+    result = {"events": total, "customers": args.customers, "referrers_planned": args.referrers,
+              "seed": args.seed, "instructions": counts, "instructions_per_event": round(per_event),
+              "python": platform.python_version()}
+    out = args.out if args.out != RESULTS / "fold.json" else RESULTS / "fold_instructions.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def phase(args: argparse.Namespace) -> int:
+    """What `--instructions` runs under callgrind: render the log, then maybe fold it."""
+    items = list(Log(args.customers, args.referrers, args.seed).iter_log())
+    engine = Engine(parse_rules(RULES, "bench rules"))
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    if args.phase == "fold":
+        feed_stripe, feed_control = engine.feed_stripe, engine.feed_control
+        for source, _, raw in items:
+            feed_stripe(raw) if source == "stripe" else feed_control(raw)
+    print(f"events {len(items)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--customers", type=int, default=100_000)
-    ap.add_argument("--referrers", type=int, default=10_000)
+    ap.add_argument("--customers", type=int, help="default 100,000 (--instructions: 1,000)")
+    ap.add_argument("--referrers", type=int, help="default 10,000 (--instructions: 100)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--chunk", type=int, default=20_000)
     ap.add_argument("--profile", action="store_true", help="cProfile the fold, print the top 25")
     ap.add_argument("--keep-gc", action="store_true",
                     help="leave Python's cyclic garbage collector on during the fold")
     ap.add_argument("--out", type=Path, default=RESULTS / "fold.json")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions per event with callgrind, on a small log")
+    ap.add_argument("--phase", choices=("render", "fold"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    small = args.instructions or args.phase  # under valgrind: ~50x slower, so 1 % of the log
+    if args.customers is None:
+        args.customers = 1_000 if small else 100_000
+    if args.referrers is None:
+        args.referrers = 100 if small else 10_000
+    if args.phase:
+        return phase(args)
+    if args.instructions:
+        return instructions(args)
 
     t = time.perf_counter()
     log = Log(args.customers, args.referrers, args.seed)
