@@ -10,7 +10,8 @@ a choice exists, so outputs are byte-stable.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from processors import invoice_link, referral, referrer
 from processors.invoice_link import InvoiceLinkState
@@ -59,7 +60,17 @@ class Engine:
     def feed_event(self, event: StripeEvent) -> list[Routed]:
         if event.created > self.latest:
             self.latest = event.created
-        return self._run(route_stripe_event(event))
+        obj = event.object
+        if obj is None or type(obj) is InvoicePayment:
+            return self._run(route_stripe_event(event))
+        # the common case, routed inline: an event about a customer steps that customer's
+        # state directly (no envelope, no queue); what it produces runs as `_run` would
+        customer = event.customer_id
+        if customer is None:
+            return []
+        customers = self.customers
+        customers[customer], produced = referral.step(customers.get(customer), event, self.rules)
+        return self._run(produced) if produced else []
 
     def feed_control(self, raw: bytes) -> list[Routed]:
         """Decode (raises ControlDecodeError) and apply one control record."""
@@ -68,8 +79,14 @@ class Engine:
     def feed_control_record(self, record: control.ControlRecord) -> list[Routed]:
         if isinstance(record, control.PayoutRun):
             self.latest = max(self.latest, record.requested_at)
-            # a payout run reaches every referrer, in a stable order
-            return self._run(Routed(REFERRER, ucc, record) for ucc in sorted(self.referrers))
+            # a payout run reaches every referrer, in a stable order; stepped directly (one
+            # envelope per referrer would be the run's main cost), then their outputs in order
+            referrers, rules, step = self.referrers, self.rules, referrer.step
+            produced: list[Routed] = []
+            for ucc in sorted(referrers):
+                referrers[ucc], out = step(referrers[ucc], record, rules)
+                produced += out
+            return self._run(produced) if produced else []
         self.latest = max(self.latest, record.decided_at)
         if record.ucc not in self.referrers:
             return []  # no such referrer (yet): nothing to decide
@@ -79,22 +96,25 @@ class Engine:
         queue = deque(first)
         outputs: list[Routed] = []
         rules = self.rules
-        customers, invoices, referrers = self.customers, self.invoices, self.referrers
+        # dest → (step function, its states); built per call, so rebinding a table is safe
+        stages: dict[str, tuple[Callable[[Any, Any, Rules], tuple[Any, list[Routed]]], dict[str, Any]]] = {
+            CUSTOMER: (referral.step, self.customers),
+            INVOICE: (invoice_link.step, self.invoices),
+            REFERRER: (referrer.step, self.referrers),
+        }
         while queue:
             r = queue.popleft()
-            dest = r.dest
-            if dest == REFERRER:
-                referrers[r.key], produced = referrer.step(referrers.get(r.key), r.record, rules)
-            elif dest == CUSTOMER:
-                customers[r.key], produced = referral.step(customers.get(r.key), r.record, rules)
-            elif dest == INVOICE:
-                invoices[r.key], produced = invoice_link.step(invoices.get(r.key), r.record, rules)
-            elif dest in OUTPUTS:
+            stage = stages.get(r.dest)
+            if stage is None:
+                if r.dest not in OUTPUTS:
+                    raise ValueError(f"unknown destination {r.dest!r}")
                 outputs.append(r)
                 continue
-            else:
-                raise ValueError(f"unknown destination {dest!r}")
-            queue.extend(produced)
+            step, states = stage
+            key = r.key
+            states[key], produced = step(states.get(key), r.record, rules)
+            if produced:
+                queue.extend(produced)
         return outputs
 
     def referrer(self, ucc: str, as_of: int | None = None) -> ReferrerSummary | None:
