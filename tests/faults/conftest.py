@@ -183,6 +183,7 @@ COLUMNS = [
     ("refused", "refused (503/4xx)"),
     ("lost", "lost (must be 0)"),
     ("duplicated", "duplicated (must be 0)"),
+    ("kills", "worker kills (kill -9)"),
     ("fuzz_cases", "fuzz cases"),
     ("server_errors", "5xx other than 503 (must be 0)"),
 ]
@@ -218,6 +219,9 @@ class Reliability:
             "but not in the log. duplicated: acknowledged and in the log more than once.",
             "A refused event may still be in the log (Kafka stored it after ingest gave up waiting);",
             "that is safe, Stripe's retry is a duplicate the worker drops by event id.",
+            "For the worker's rows (`test_worker_*.py`) lost and duplicated count output commands",
+            "(payouts, notifications, review cases) read with read_committed against the pure",
+            "Engine's for the same events: missing, or there more than once.",
             "",
         ]
         return "\n".join(lines)
@@ -235,8 +239,10 @@ def reliability() -> Iterator[Reliability]:
             REPORT.write_text(rendered)
 
 
-# the fault tests that add a row: broker loss, stalled clients, SIGSTOP, fuzz
-EXPECTED_ROWS = 4
+# the fault tests that add a row: broker loss, stalled clients, SIGSTOP, fuzz; and the
+# worker's (test_worker_*.py): kill -9s, strange payloads, no permission (2), full disk,
+# whole-cluster restart
+EXPECTED_ROWS = 10
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout_s: float, interval_s: float = 0.1) -> Any:
