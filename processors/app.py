@@ -87,7 +87,10 @@ def create_app(cfg: WorkerConfig) -> faust.App:
         broker_heartbeat_interval=1.0,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
-        stream_wait_empty=False,
+        # a rebalance waits for the batch in flight (sends acknowledged, table written):
+        # a late table write for a partition another worker already took over could
+        # otherwise land in its changelog after the new owner's
+        stream_wait_empty=True,
         # an agent that crashes takes the worker down with it (and its partitions move to
         # the other workers), instead of leaving a worker that holds partitions and does
         # nothing with them
