@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Ctrl-C while starting: stop what is up, then leave
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # a shell that starts us in the background hands SIGINT down ignored; Ctrl-C must still stop
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if _port_open(args.kafka_port):
             _say(f"a broker already answers on 127.0.0.1:{args.kafka_port}; using it")
