@@ -151,6 +151,7 @@ class Pipeline:
         self.rules = cfg.rules
         self.counters = Counters()
         self.storage_error: Exception | None = None  # a table write that failed (see _run)
+        self.on_storage_error: Callable[[Exception], None] | None = None
         t, n = cfg.topics, cfg.partitions
         raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
         self.t_customer = cfg.internal("customer")
@@ -225,6 +226,8 @@ class Pipeline:
                         # e.g. RocksDB on a full disk: kept for the worker's last word (faust's
                         # own crash reason ends up as the CancelledError of the shutdown)
                         self.storage_error = exc
+                        if self.on_storage_error is not None:
+                            self.on_storage_error(exc)
                         raise
                 t3 = time.perf_counter()
                 counters.step_s += t1 - t0

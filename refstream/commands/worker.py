@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -108,6 +110,19 @@ def worker(web_port: int, web_host: str, log_level: str, topic_prefix: str) -> N
     asyncio.run(ensure_internal_topics(cfg))
     app = create_app(cfg)
     pipeline = Pipeline(app, cfg)
+
+    def stop_for_storage(exc: Exception) -> None:
+        problem = _data_dir_problem(cfg.data_dir, exc)
+        if problem:
+            # faust's shutdown after an agent crash can hang (seen with a full disk), so stop
+            # here: the batch's table values and offsets are not written, a restart replays
+            # it exactly as after a kill -9 (tests/faults/test_worker_crashes.py)
+            logging.disable(logging.CRITICAL)
+            click.echo(f"Error: {problem}", err=True)
+            sys.stderr.flush()
+            os._exit(1)
+
+    pipeline.on_storage_error = stop_for_storage
     logging_config = {
         "version": 1,
         "disable_existing_loggers": False,
@@ -133,5 +148,7 @@ def worker(web_port: int, web_host: str, log_level: str, topic_prefix: str) -> N
         problem = failed and _data_dir_problem(
             cfg.data_dir, pipeline.storage_error or runner.crash_reason or app.crash_reason)
         if problem:
+            # what is left to log (unclosed producers, destroyed tasks at exit) would bury it
+            logging.disable(logging.CRITICAL)
             raise click.ClickException(problem) from None
         raise
