@@ -70,12 +70,16 @@ async def write(bootstrap: str, topics: Topics, records: Sequence[Stored]) -> No
         await producer.stop()
 
 
-async def end_offsets(bootstrap: str, names: Sequence[str] | None = None) -> dict[TopicPartition, int]:
-    """End offsets of the named topics, or of every topic on the broker."""
+async def end_offsets(bootstrap: str, names: Sequence[str] | None = None, *,
+                      prefix: str = "") -> dict[TopicPartition, int]:
+    """End offsets of the named topics, or of every topic on the broker whose name starts with
+    `prefix` (a test's own topics: other tests' leftovers on the shared broker may be half
+    deleted and would only make the check flaky)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        chosen = sorted(await admin.list_topics()) if names is None else list(names)
+        chosen = (sorted(t for t in await admin.list_topics() if t.startswith(prefix))
+                  if names is None else list(names))
         described = await admin.describe_topics(chosen)
     finally:
         await admin.close()
@@ -89,14 +93,16 @@ async def end_offsets(bootstrap: str, names: Sequence[str] | None = None) -> dic
         await consumer.stop()
 
 
-async def committed_offsets(bootstrap: str) -> dict[str, dict[TopicPartition, int]]:
-    """Every consumer group on the broker with its committed offsets."""
+async def committed_offsets(bootstrap: str, prefix: str = "") -> dict[str, dict[TopicPartition, int]]:
+    """Every consumer group on the broker; committed offsets for those named `prefix…`
+    (every group's name is kept, so a group that replay added would show)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         groups = sorted(g[0] for g in await admin.list_consumer_groups())
         return {
             g: {tp: om.offset for tp, om in (await admin.list_consumer_group_offsets(g)).items()}
+            if g.startswith(prefix) else {}
             for g in groups
         }
     finally:

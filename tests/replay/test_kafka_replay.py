@@ -39,16 +39,16 @@ def test_replay_and_export_leave_every_group_offset_and_end_offset_unchanged(boo
     # A live worker group has consumed part of the log; replay must not move it or join it.
     group = f"{topics.prefix}-worker"
     asyncio.run(commit_as_group(bootstrap, group, topics.stripe_events, {0: 1, 1: 0, 2: 1}))
-    groups_before = asyncio.run(committed_offsets(bootstrap))
-    ends_before = asyncio.run(end_offsets(bootstrap))
+    groups_before = asyncio.run(committed_offsets(bootstrap, topics.prefix))
+    ends_before = asyncio.run(end_offsets(bootstrap, prefix=topics.prefix))
     assert groups_before[group]
 
     out = cli(bootstrap, topics, "replay", "--rules", str(scenario["proposed"]),
               "--compare", str(scenario["current"]), "--format", "json")
     cli(bootstrap, topics, "export", "--out", str(tmp_path / "log.jsonl.gz"))
 
-    assert asyncio.run(committed_offsets(bootstrap)) == groups_before  # no group moved, none added
-    assert asyncio.run(end_offsets(bootstrap)) == ends_before  # nothing written to any topic
+    assert asyncio.run(committed_offsets(bootstrap, topics.prefix)) == groups_before  # none moved or added
+    assert asyncio.run(end_offsets(bootstrap, prefix=topics.prefix)) == ends_before  # nothing written
     x = orjson.loads(out)["rows"][0]
     assert (x["ucc"], x["earned"], x["compare_earned"]) == ("ucc_X", 6500, 9000)
 
