@@ -582,7 +582,8 @@ def _on_payout_run(tx: _Tx, run: PayoutRun, payable: list[Entry]) -> None:
         payout_id = fact_id("payout", tx.ucc, run.run_id, currency)
         tx.out.append(Routed(PAYOUTS, tx.ucc, PayoutCommand(
             payout_id, run.run_id, tx.ucc, currency, balance, run.as_of,
-            tuple(e.entry_id for e in entries), rules.revision,
+            # sorted: which entries a payout covers is a fact, the order they arrived in is not
+            tuple(sorted(e.entry_id for e in entries)), rules.revision,
         )))
         tx.notify(PAYOUT_CREATED, fact_id(PAYOUT_CREATED, payout_id), None, currency, balance,
                   run.control_id, run.requested_at)
