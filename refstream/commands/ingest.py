@@ -27,11 +27,11 @@ def ingest(host: str, port: int, reuse_port: bool, topic_prefix: str, linger_ms:
     """Receive Stripe webhooks, verify them and write them to Kafka."""
     from aiohttp import web
 
-    from ingest import logs
     from ingest.app import create_app
     from ingest.producer import EventLog
+    from refstream import jsonlog
 
-    logs.configure()
+    jsonlog.configure()
     # aiokafka logs every failed reconnect while a broker is down; our 503s say it once per request
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     try:

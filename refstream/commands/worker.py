@@ -126,7 +126,7 @@ def worker(web_port: int, web_host: str, log_level: str, topic_prefix: str) -> N
     logging_config = {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "processors.logs.JsonFormatter"}},
+        "formatters": {"json": {"()": "refstream.jsonlog.JsonFormatter"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
                                 "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": log_level.upper()},

@@ -1,8 +1,10 @@
-"""The worker's structured logs: one JSON object per line (never a payload or a secret)."""
+"""Structured logs for every refstream process: one JSON object per line, never a payload
+or a secret (ingest and the worker share it)."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -31,3 +33,13 @@ class JsonFormatter(logging.Formatter):
             if tb is not None:  # where it broke, without the message
                 doc["exc_at"] = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
         return orjson.dumps(doc, default=str).decode()
+
+
+def configure(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiohttp's access log would repeat each request without the event id; ours has it
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
