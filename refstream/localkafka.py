@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -310,7 +311,10 @@ def _ready(cluster: Cluster, timeout_s: float) -> None:
                 )
         if all(_port_open(n.port) for n in cluster.nodes):
             try:
-                if asyncio.run(probe()) >= cluster.brokers:
+                # its own thread and loop: `up` is also called from async code (benchmarks)
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    brokers = pool.submit(asyncio.run, probe()).result()
+                if brokers >= cluster.brokers:
                     return
             except (AIOKafkaError, OSError) as exc:
                 last = exc
