@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +70,20 @@ def topic_prefix() -> str:
 @pytest.fixture
 def topics(topic_prefix: str) -> Topics:
     return Topics(env="sandbox", prefix=topic_prefix)
+
+
+@pytest.fixture
+def stack(bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[Any]:
+    """A private pipeline stack (tests/pipeline/stack.py): topics under the test's prefix,
+    ingest and workers as processes, all stopped afterwards."""
+    from tests.pipeline.stack import Stack  # only tests that start processes pay the import
+
+    s = Stack(bootstrap, topic_prefix, tmp_path)
+    s.create_topics()
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 def sign(body: bytes, secret: str, *, timestamp: int | None = None, scheme: str = "v1") -> str:

@@ -12,12 +12,11 @@ import pytest
 from projections.demo import Programme, programme, worked_example
 from schemas.commands import PayoutCommand
 from tests.faults.conftest import Reliability
-from tests.faults.worker_helpers import stats, worker_stack
+from tests.faults.worker_helpers import stats
 from tests.pipeline.stack import Proc, Stack, command_id, normalized, of_kind, until
 
 pytestmark = pytest.mark.kafka
 
-__all__ = ["worker_stack"]
 
 KILLS = 10
 CHUNKS = 7  # the stream arrives in 7 parts, one per kill; the last 3 kills hit payout runs
@@ -42,9 +41,9 @@ async def _kill_at_a_random_moment(stack: Stack, worker: Proc, rng: random.Rando
 
 
 async def test_ten_random_kill_9s_of_the_worker_lose_and_repeat_no_command(
-    worker_stack: Stack, reliability: Reliability
+    stack: Stack, reliability: Reliability
 ) -> None:
-    stack, rng = worker_stack, random.Random(6)
+    stack, rng = stack, random.Random(6)
     bodies = worked_example() + list(programme(Programme(referrers=8, customers=60, seed=61)))
     size = -(-len(bodies) // CHUNKS)
     chunks = [bodies[i: i + size] for i in range(0, len(bodies), size)]

@@ -19,12 +19,10 @@ import pytest
 
 from projections.demo import Programme, programme, worked_example
 from tests.faults.conftest import Reliability
-from tests.faults.worker_helpers import worker_stack
 from tests.pipeline.stack import Proc, Stack, until
 
 pytestmark = pytest.mark.kafka
 
-__all__ = ["worker_stack"]
 
 
 @pytest.fixture
@@ -65,9 +63,9 @@ async def stopped_with_a_clear_message(stack: Stack, proc: Proc, data_dir: Path)
 
 @pytest.mark.parametrize("fault", ["read-only folder", "a file where the folder should be"])
 async def test_no_permission_on_the_data_dir_stops_the_worker_clearly_and_corrupts_nothing(
-    worker_stack: Stack, mounts: list[Path], fault: str, reliability: Reliability
+    stack: Stack, mounts: list[Path], fault: str, reliability: Reliability
 ) -> None:
-    stack = worker_stack
+    stack = stack
     bodies = worked_example()
     await stack.start_ingest()
     worker = await stack.start_worker()
@@ -105,9 +103,9 @@ async def test_no_permission_on_the_data_dir_stops_the_worker_clearly_and_corrup
 
 
 async def test_a_full_disk_under_the_running_worker_stops_it_clearly_and_corrupts_nothing(
-    worker_stack: Stack, mounts: list[Path], reliability: Reliability
+    stack: Stack, mounts: list[Path], reliability: Reliability
 ) -> None:
-    stack = worker_stack
+    stack = stack
     bodies = worked_example() + list(programme(Programme(referrers=6, customers=40, seed=83)))
     half = len(bodies) // 2
     await stack.start_ingest()

@@ -11,12 +11,10 @@ import pytest
 
 from projections.demo import worked_example
 from refstream.commands.review import read_to_end
-from tests.faults.worker_helpers import worker_stack
 from tests.pipeline.stack import Proc, Stack
 
 pytestmark = pytest.mark.kafka
 
-__all__ = ["worker_stack"]
 
 TOKEN = "web-token-for-security-tests-0123456789"
 
@@ -49,8 +47,8 @@ async def _status(proc: Proc, method: str, path: str, token: str | None) -> int:
         return resp.status
 
 
-async def test_the_web_api_binds_loopback_and_every_route_wants_the_bearer_token(worker_stack: Stack) -> None:
-    stack = worker_stack
+async def test_the_web_api_binds_loopback_and_every_route_wants_the_bearer_token(stack: Stack) -> None:
+    stack = stack
     stack.web_token = TOKEN
     await stack.start_ingest()
     worker = await stack.start_worker()  # no --web-host: the default
@@ -70,8 +68,8 @@ async def test_the_web_api_binds_loopback_and_every_route_wants_the_bearer_token
     assert await _status(worker, "GET", "/metrics", TOKEN) == 200
 
 
-async def test_no_http_route_starts_a_payout_run_only_the_control_topic_does(worker_stack: Stack) -> None:
-    stack = worker_stack
+async def test_no_http_route_starts_a_payout_run_only_the_control_topic_does(stack: Stack) -> None:
+    stack = stack
     await stack.start_ingest()
     worker = await stack.start_worker()
     await stack.post(worked_example())

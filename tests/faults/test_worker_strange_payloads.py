@@ -20,12 +20,10 @@ from projections.demo import charge_refunded, customer, invoice_paid, ts, worked
 from schemas.stripe import StripeParseError, parse_event
 from tests.conftest import sign
 from tests.faults.conftest import Reliability
-from tests.faults.worker_helpers import worker_stack
 from tests.pipeline.stack import SECRET, Stack, until
 
 pytestmark = pytest.mark.kafka
 
-__all__ = ["worker_stack"]
 
 JAN10 = ts("2026-01-10")
 
@@ -119,9 +117,9 @@ async def _dead_letters(bootstrap: str, topic: str) -> list[tuple[bytes, dict[st
 
 
 async def test_signed_but_strange_payloads_are_dead_lettered_with_the_reason_and_processing_goes_on(
-    worker_stack: Stack, reliability: Reliability
+    stack: Stack, reliability: Reliability
 ) -> None:
-    stack = worker_stack
+    stack = stack
     good = worked_example()
     for body, _ in MALFORMED.values():  # the premise: each is malformed for the worker
         with pytest.raises(StripeParseError):

@@ -3,25 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.pipeline.stack import Proc, Stack
-
-
-@pytest.fixture
-def worker_stack(bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[Stack]:
-    """Topics under the test's own prefix, ingest and workers as processes, all stopped after."""
-    s = Stack(bootstrap, topic_prefix, tmp_path)
-    s.create_topics()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 async def stats(stack: Stack, proc: Proc) -> dict[str, Any] | None:

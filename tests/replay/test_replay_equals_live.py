@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -19,17 +18,6 @@ from tests.pipeline.stack import RULES, Stack, of_kind
 pytestmark = pytest.mark.kafka
 
 AS_OF = 1782777600  # 2026-06-30T00:00:00Z: some entries past their hold, some not
-
-
-@pytest.fixture
-def stack(bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[Stack]:
-    # the pipeline tests' own stack (tests/pipeline/stack.py), under this test's prefix
-    s = Stack(bootstrap, topic_prefix, tmp_path)
-    s.create_topics()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 async def test_replay_reports_the_workers_tables_and_payouts_from_kafka_and_from_an_export(
