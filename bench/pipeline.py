@@ -224,6 +224,9 @@ async def main() -> int:
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--max-catch-up-s", type=int, default=900,
                     help="Stop waiting for the catch-up after this long and report the rate so far.")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="Sample the worker with py-spy during the catch-up and write collapsed "
+                         "stacks (flamegraph input) to this file.")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="refstream-bench-pipeline-"))
@@ -251,12 +254,22 @@ async def main() -> int:
         print(f"preloaded {sent} events into {t.stripe_events} in {took:.1f}s")
         result["preload"] = {"events": sent, "seconds": round(took, 1)}
 
+        # our own broker's CPU during the catch-up: its share of the work per event
+        broker_pids = [pid for n in cluster.nodes if (pid := localkafka._read_pid(n)) is not None] \
+            if cluster is not None else []
+        broker_cpu0 = sum(cpu_seconds(pid) for pid in broker_pids)
         web = free_port()
         t0 = time.monotonic()
         with (tmp / "worker.log").open("wb") as log:
             worker = subprocess.Popen([REFSTREAM, "worker", "--web-port", str(web), "--topic-prefix", prefix],
                                       env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(worker)
+        spy = None
+        if args.profile is not None:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                                    str(worker.pid), "--format", "raw", "--rate", "200", "--nonblocking",
+                                    "--output", str(args.profile)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await wait_http(f"http://127.0.0.1:{web}/readyz", worker, 120)
         ready = time.monotonic() - t0
         done = False
@@ -268,6 +281,7 @@ async def main() -> int:
             await asyncio.sleep(1.0)
         took = time.monotonic() - t0
         cpu = cpu_seconds(worker.pid)
+        broker_cpu = sum(cpu_seconds(pid) for pid in broker_pids) - broker_cpu0
         finished = sent if done else await committed_events(bootstrap, f"{prefix}-sandbox", t.stripe_events)
         rate = finished / took
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{web}/readyz") as resp:
@@ -282,8 +296,14 @@ async def main() -> int:
                               "ready_after_s": round(ready, 1), "events_per_s": round(rate),
                               "target_events_per_s": 5000, "met": done and rate >= 5000,
                               "worker_cpu_s": round(cpu, 1), "events_per_cpu_s": round(finished / cpu),
-                              "worker_stats": stats}
-        print(f"  the worker used {cpu:.0f} CPU seconds: {finished / cpu:,.0f} events per CPU second")
+                              "broker_cpu_s": round(broker_cpu, 1) if broker_pids else None,
+                              "load_average_after": os.getloadavg(), "worker_stats": stats}
+        print(f"  the worker used {cpu:.0f} CPU seconds: {finished / cpu:,.0f} events per CPU second"
+              + (f"; the broker {broker_cpu:.0f} CPU seconds" if broker_pids else "")
+              + f"; load average {os.getloadavg()[0]:.1f}")
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(timeout=60)
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
 
