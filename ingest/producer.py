@@ -19,6 +19,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 
+MAX_BATCH_BYTES = 512 * 1024
+
 
 class LogUnavailable(Exception):
     """Kafka did not confirm the write in time; `code` and message name the fix."""
@@ -67,6 +69,11 @@ class EventLog:
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=self._linger_ms,
+                # aiokafka's default (16 KiB) holds only three ~5 KB events, so under load
+                # every partition's batch filled at once and sends waited for it to drain:
+                # many small produce requests, each costing the broker the same. Half of
+                # the broker's default max.message.bytes (1 MiB) keeps a batch acceptable.
+                max_batch_size=MAX_BATCH_BYTES,
                 # a broker that stops answering is noticed well within our own bound's retries
                 request_timeout_ms=max(int(self.timeout_s * 1000), 3000),
                 metadata_max_age_ms=30_000,
