@@ -57,6 +57,7 @@ log = logging.getLogger("refstream.worker")
 
 BATCH = 2000  # records per batch at most
 WITHIN = 0.1  # seconds a batch waits to fill up: each batch waits once for the broker's acks
+CACHE_KEYS = 4096  # decoded states kept per stage between batches (see DecodedCache)
 
 
 @dataclass(slots=True)
@@ -93,15 +94,47 @@ class Counters:
     write_s: float = 0.0
 
 
+class DecodedCache:
+    """The decoded state of the table values this worker wrote last, by key (bounded, least
+    recently used first out).
+
+    Decoding a referrer's state costs more than stepping it. A hit needs the table's
+    current bytes to equal the bytes the entry was made from, so a value that changed
+    any other way (a restore from the changelog after a rebalance, another worker's
+    write) is decoded afresh: the cache can never serve a state the table does not hold."""
+
+    def __init__(self, size: int = CACHE_KEYS) -> None:
+        self.size = size
+        self.entries: dict[str, tuple[bytes, dict[str, Any], Any]] = {}
+
+    def get(self, key: str, raw: bytes | None) -> tuple[dict[str, Any], Any] | None:
+        entry = self.entries.pop(key, None)
+        if entry is None or raw is None or entry[0] != raw:
+            return None
+        self.entries[key] = entry  # most recently used last
+        return dict(entry[1]), entry[2]
+
+    def put(self, key: str, raw: bytes, marks: dict[str, Any], state: Any) -> None:
+        entries = self.entries
+        entries.pop(key, None)
+        entries[key] = (raw, dict(marks), state)
+        if len(entries) > self.size:
+            del entries[next(iter(entries))]
+
+
 class Batch:
     """Table values touched by one batch; written only after its sends are acknowledged.
 
-    A key's state is decoded once per batch and encoded once, at the write, however many
-    records of the batch it takes."""
+    A key's state is decoded once per batch (not at all when the cache holds what this
+    worker wrote last) and encoded once, at the write, however many records of the batch
+    it takes."""
 
-    def __init__(self, table: faust.Table, stage: StageCodec | None) -> None:
+    def __init__(
+        self, table: faust.Table, stage: StageCodec | None, cache: DecodedCache | None = None,
+    ) -> None:
         self.table = table
         self.stage = stage
+        self.cache = cache if cache is not None else DecodedCache(0)
         self.envelopes: dict[str, Envelope] = {}
         self.states: dict[str, Any] = {}
         self.owner: dict[str, faust.types.EventT] = {}
@@ -119,9 +152,15 @@ class Batch:
             # read from the partition of the record that names the key: its own
             token = _current_event.set(weakref.ref(event))
             try:
-                env = loads_envelope(self.table.get(key))
+                raw = self.table.get(key)
             finally:
                 _current_event.reset(token)
+            hit = self.cache.get(key, raw)
+            if hit is None:
+                env = loads_envelope(raw)
+            else:
+                env = Envelope(None, hit[0])
+                self.states[key] = hit[1]
             self.envelopes[key] = env
             self.owner[key] = event
         return env
@@ -133,13 +172,16 @@ class Batch:
     def write(self) -> None:
         for key in self.dirty:
             assert self.stage is not None
-            self.envelopes[key].state = self.stage.dumps(self.states[key])
+            env = self.envelopes[key]
+            env.state = self.stage.dumps(self.states[key])
+            raw = dumps_envelope(env)
             # the table's changelog partition is the current event's: the key's own
             token = _current_event.set(weakref.ref(self.owner[key]))
             try:
-                self.table[key] = dumps_envelope(self.envelopes[key])
+                self.table[key] = raw
             finally:
                 _current_event.reset(token)
+            self.cache.put(key, raw, env.marks, self.states[key])
 
 
 class Pipeline:
@@ -203,11 +245,12 @@ class Pipeline:
     ) -> Callable[..., Any]:
         counters = self.counters
         app = self.app
+        cache = DecodedCache()
 
         async def agent(stream: faust.StreamT) -> None:
             async for evs in stream.take_events(BATCH, within=WITHIN):
                 t0 = time.perf_counter()
-                batch = Batch(table, stage) if table is not None else None
+                batch = Batch(table, stage, cache) if table is not None else None
                 outs: list[Out] = []
                 for ev in evs:
                     outs.extend(handle(ev, batch))

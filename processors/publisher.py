@@ -28,6 +28,8 @@ from processors.delivery import H_DEST, header
 log = logging.getLogger("refstream.worker.publisher")
 
 TRANSACTION_TIMEOUT_S = 30.0  # a transaction that has not committed by then is given up and redone
+COLLECT_S = 0.1  # how long the outbox is gathered into one transaction per partition
+COLLECT_MAX = 10_000  # records per round at most
 
 def command_id(value: bytes) -> str:
     doc = orjson.loads(value)
@@ -140,7 +142,7 @@ class Publisher(ConsumerRebalanceListener):
         consumer.subscribe([self.outbox], listener=self)
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=50, max_records=2000)
+                batch = await self._collect(consumer)
                 if batch:
                     async with self.lock:
                         # partitions have their own producers and transactions: in parallel
@@ -150,6 +152,23 @@ class Publisher(ConsumerRebalanceListener):
             for p in list(self.producers):
                 await self._drop(p)
             await consumer.stop()
+
+    async def _collect(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list]:  # type: ignore[type-arg]
+        """What the outbox holds, gathered for up to COLLECT_S after the first record: each
+        transaction costs the broker and us five requests and a marker per partition, so
+        one per partition per COLLECT_S instead of one per fetch (which returns a few records
+        under a steady flow)."""
+        batch = await consumer.getmany(timeout_ms=50, max_records=COLLECT_MAX)
+        if not batch:
+            return batch
+        deadline = time.monotonic() + COLLECT_S
+        count = sum(len(msgs) for msgs in batch.values())
+        while count < COLLECT_MAX and (left := deadline - time.monotonic()) > 0:
+            more = await consumer.getmany(timeout_ms=int(left * 1000) + 1, max_records=COLLECT_MAX - count)
+            for tp, msgs in more.items():
+                batch.setdefault(tp, []).extend(msgs)
+                count += len(msgs)
+        return batch
 
     async def _publish(self, consumer: AIOKafkaConsumer, tp: TopicPartition, msgs: list) -> None:  # type: ignore[type-arg]
         producer = self.producers.get(tp.partition)
