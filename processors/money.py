@@ -42,17 +42,25 @@ def pro_rata(value: int, part: int, whole: int) -> int:
     return round_half_up(value * part, whole)
 
 
-@lru_cache(maxsize=65_536)
 def add_months(ts: int, months: int) -> int:
     """`ts` moved by whole calendar months, the day clamped to the month's end (UTC)."""
     if months == 0:
         return ts
-    d = datetime.fromtimestamp(ts, UTC)
+    # the time of day never changes, so only the day is looked up: a log spans a few
+    # hundred days, while its timestamps (one per customer and payment) would overflow
+    # any cache and pay for the calendar on most calls
+    day, second = divmod(ts, DAY)
+    return _add_months_to_day(day, months) + second
+
+
+@lru_cache(maxsize=65_536)
+def _add_months_to_day(day: int, months: int) -> int:
+    d = datetime.fromtimestamp(day * DAY, UTC)
     index = d.year * 12 + (d.month - 1) + months
     year, month = divmod(index, 12)
     month += 1
-    day = min(d.day, calendar.monthrange(year, month)[1])
-    return int(d.replace(year=year, month=month, day=day).timestamp())
+    last = calendar.monthrange(year, month)[1]
+    return int(d.replace(year=year, month=month, day=min(d.day, last)).timestamp())
 
 
 def months_spanned(start: int, end: int) -> int:
