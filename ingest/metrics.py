@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -16,6 +16,10 @@ class IngestMetrics:
     requests: Counter
     latency: Histogram
     produce_errors: Counter
+    # label children by their values: `labels()` validates and locks on every call, and
+    # the webhook path asks for the same few children thousands of times a second
+    _request_children: dict[tuple[str, int, str], Counter] = field(default_factory=dict)
+    _latency_children: dict[str, Histogram] = field(default_factory=dict)
 
     @classmethod
     def create(cls) -> IngestMetrics:
@@ -43,6 +47,18 @@ class IngestMetrics:
                 registry=registry,
             ),
         )
+
+    def request_done(self, env: str, status: int, outcome: str, seconds: float) -> None:
+        """Count one webhook request and observe its latency."""
+        counter = self._request_children.get((env, status, outcome))
+        if counter is None:
+            counter = self.requests.labels(env, str(status), outcome)
+            self._request_children[(env, status, outcome)] = counter
+        counter.inc()
+        latency = self._latency_children.get(env)
+        if latency is None:
+            latency = self._latency_children[env] = self.latency.labels(env)
+        latency.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
