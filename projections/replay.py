@@ -8,8 +8,10 @@ nothing anywhere but the report.
 
 from __future__ import annotations
 
+import gc
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from processors.engine import Engine
@@ -54,6 +56,28 @@ def figures_of(engine: Engine, as_of: int) -> dict[tuple[str, str], Figures]:
     return out
 
 
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the fold, back as it was afterwards.
+
+    The engines' states are trees of immutable records without reference cycles, so
+    reference counting frees everything the fold drops. Left on, the collector rescans the
+    millions of live state objects again and again as the tables grow: measured on a
+    1,075,277-event log, 48 of the fold's 135 CPU seconds went to it (34 in full
+    collections). Objects already alive are frozen so the first collection afterwards does
+    not walk them either.
+    """
+    enabled = gc.isenabled()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
 def fold(
     batches: Iterable[list[LogRecord]],
     rules: Rules,
@@ -65,6 +89,18 @@ def fold(
     """Folds the whole log under `rules` and, in the same pass, under `compare`; payable is
     reported as of `as_of` (Unix seconds; default: the latest event time in the log), the
     way the worker answers `GET /referrers/{ucc}?as_of=`."""
+    with cyclic_gc_paused():
+        return _fold(batches, rules, compare, as_of=as_of, progress=progress)
+
+
+def _fold(
+    batches: Iterable[list[LogRecord]],
+    rules: Rules,
+    compare: Rules | None,
+    *,
+    as_of: int | None,
+    progress: Callable[[int], None] | None,
+) -> Report:
     engines = [Engine(rules)] + ([Engine(compare)] if compare is not None else [])
     stripe = control = skipped = 0
     for batch in batches:
