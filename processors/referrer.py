@@ -116,6 +116,28 @@ class ReferrerState(NamedTuple):
     runs: tuple[str, ...]  # payout run ids already applied
 
 
+# Building a NamedTuple with `tuple.__new__` skips the generated `__new__` and `_replace`'s
+# generic keyword handling (about five times the work): the hot steps rebuild a referral
+# or the referrer's state through the helpers below, each naming every field it keeps.
+_new = tuple.__new__
+
+
+def _referral(r: ReferralState, *, purchase_bonus_granted: bool | None = None,
+              paid_any: bool | None = None, gross: dict[str, int] | None = None,
+              payments: dict[str, PaymentRecord] | None = None,
+              entries: tuple[Entry, ...] | None = None) -> ReferralState:
+    """`r._replace(...)` for the fields the hot steps change (None: unchanged)."""
+    return _new(ReferralState, (
+        r.referral_id, r.signed_up_at, r.rejected,
+        r.purchase_bonus_granted if purchase_bonus_granted is None else purchase_bonus_granted,
+        r.paid_any if paid_any is None else paid_any,
+        r.gross if gross is None else gross,
+        r.payments if payments is None else payments,
+        r.open_cases,
+        r.entries if entries is None else entries,
+    ))
+
+
 def empty_state(ucc: str) -> ReferrerState:
     return ReferrerState(ucc, {}, {}, {}, {}, {}, ())
 
@@ -186,7 +208,7 @@ class _Tx:
     def done(self) -> tuple[ReferrerState, list[Routed]]:
         for rid, new in self.added.items():
             r = self.referrals[rid]
-            self.put(rid, r._replace(entries=r.entries + tuple(new)))
+            self.put(rid, _referral(r, entries=r.entries + tuple(new)))
         return ReferrerState(
             self.ucc, self.referrals, self.earned, self.reversed, self.paid, self.cases, self.runs,
         ), self.out
@@ -233,7 +255,7 @@ class _Tx:
 
 
 def _with_payment(ref: ReferralState, payment_id: str, rec: PaymentRecord) -> ReferralState:
-    return ref._replace(payments={**ref.payments, payment_id: rec})
+    return _referral(ref, payments={**ref.payments, payment_id: rec})
 
 
 def _cut(amount: int, room: int | None) -> int:
@@ -257,7 +279,8 @@ def step(
             return state, []  # the same run id twice pays nothing more
         payable = _payable(state.referrals, None, message.as_of)
         if not payable:
-            return state._replace(runs=(*state.runs, message.run_id)), []
+            return _new(ReferrerState, (state.ucc, state.referrals, state.earned, state.reversed, state.paid,
+                                        state.cases, (*state.runs, message.run_id))), []
         tx = _Tx(state, rules)
         _on_payout_run(tx, message, payable)
         return tx.done()
@@ -379,8 +402,8 @@ def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRe
     if bonus + kept:
         gross[p.currency] = gross.get(p.currency, 0) + bonus + kept
     rec = PaymentRecord(REWARDED, p.currency, kept, False, None)
-    ref = ref._replace(purchase_bonus_granted=granted, gross=gross,
-                       payments={**ref.payments, p.payment_id: rec})
+    ref = _referral(ref, purchase_bonus_granted=granted, gross=gross,
+                    payments={**ref.payments, p.payment_id: rec})
     tx.put(rid, ref)
     if bonus + kept > 0:
         tx.notify(REWARD_EARNED, fact_id(REWARD_EARNED, tx.ucc, rid, p.payment_id), rid, p.currency,
@@ -603,9 +626,10 @@ def _on_payout_run(tx: _Tx, run: PayoutRun, payable: list[Entry]) -> None:
                 if rec is not None and not rec.paid:
                     if payments is ref.payments:
                         payments = dict(payments)
-                    payments[pid or ""] = rec._replace(paid=True)
-            ref = ref._replace(payments=payments, paid_any=True)
-        tx.put(rid, ref._replace(entries=tuple(e for e in ref.entries if e.entry_id not in covered)))
+                    payments[pid or ""] = PaymentRecord(rec.status, rec.currency, rec.reward, True,
+                                                        rec.refunds)
+            ref = _referral(ref, payments=payments, paid_any=True)
+        tx.put(rid, _referral(ref, entries=tuple(e for e in ref.entries if e.entry_id not in covered)))
 
 
 # --- queries --------------------------------------------------------------------------------
