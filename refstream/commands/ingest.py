@@ -28,10 +28,12 @@ def ingest(host: str, port: int, reuse_port: bool, topic_prefix: str, linger_ms:
     from aiohttp import web
 
     from ingest.app import create_app
+    from ingest.log_lines import use_batched_stderr
     from ingest.producer import EventLog
     from refstream import jsonlog
 
     jsonlog.configure()
+    use_batched_stderr()
     # aiokafka logs every failed reconnect while a broker is down; our 503s say it once per request
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     try:
