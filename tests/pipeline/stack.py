@@ -77,7 +77,7 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def tail(self, n: int = 30) -> str:
+    def tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         except OSError:
@@ -146,7 +146,7 @@ class Stack:
     async def start_ingest(self) -> Proc:
         port = free_port()
         proc = self._spawn("ingest", ["ingest", "--port", str(port), "--topic-prefix", self.prefix], port)
-        await until("ingest /readyz", lambda: self._status(proc, "/readyz"), 60)
+        await self.until("ingest /readyz", lambda: self._status(proc, "/readyz"), 60)
         self.ingest = proc
         return proc
 
@@ -159,7 +159,7 @@ class Stack:
         proc = self._spawn(name, ["worker", "--web-port", str(port), "--topic-prefix", self.prefix],
                            port, data_dir)
         if ready:
-            await until(f"{name} /readyz", lambda: self._status(proc, "/readyz"), 90)
+            await self.until(f"{name} /readyz", lambda: self._status(proc, "/readyz"), 90)
         return proc
 
     async def restart(self, proc: Proc, *, ready: bool = True) -> Proc:
@@ -190,6 +190,35 @@ class Stack:
             if proc.alive():
                 self.stop(proc)
 
+    async def until(
+        self, what: str, check: Callable[[], Awaitable[Any]], timeout_s: float, every_s: float = 0.25
+    ) -> Any:
+        """`until`, and at the deadline what each process was doing (see `report`)."""
+        try:
+            return await until(what, check, timeout_s, every_s)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{await self.report()}") from None
+
+    async def report(self) -> str:
+        """Per process: alive or exit code, the worker's /readyz counters, the tail of its log.
+        Each live worker is also asked (SIGUSR1, mode's handler) to append a dump of every
+        asyncio task's stack to its log: where a stalled worker is waiting."""
+        parts = []
+        for proc in self.procs:
+            state = "running" if proc.alive() else f"exited with {proc.popen.returncode}"
+            ready = ""
+            if proc.alive() and proc.name != "ingest":
+                try:
+                    status, body = await self.get_json(proc, "/readyz", timeout_s=5)
+                    ready = f"\n/readyz {status}: {orjson.dumps(body).decode()}"
+                except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                    ready = f"\n/readyz did not answer: {exc!r}"
+            parts.append(f"--- {proc.name} ({state}, log {proc.log}){ready}\n{proc.tail()}")
+            if proc.alive() and proc.name != "ingest":
+                os.kill(proc.popen.pid, signal.SIGUSR1)
+                parts[-1] += f"\n(task dump appended to {proc.log})"
+        return "\n".join(parts)
+
     async def _status(self, proc: Proc, path: str) -> bool:
         if not proc.alive():
             raise AssertionError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
@@ -204,8 +233,10 @@ class Stack:
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.web_token}"} if self.web_token else {}
 
-    async def get_json(self, proc: Proc, path: str, *, auth: bool = True) -> tuple[int, Any]:
-        timeout = aiohttp.ClientTimeout(total=15)
+    async def get_json(
+        self, proc: Proc, path: str, *, auth: bool = True, timeout_s: float = 15
+    ) -> tuple[int, Any]:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
         headers = self._auth() if auth else {}
         async with aiohttp.ClientSession() as http, http.get(proc.url + path, timeout=timeout,
                                                               headers=headers) as resp:
@@ -227,6 +258,15 @@ class Stack:
                     await asyncio.sleep(0.1 * attempt)  # 503 asks for a retry, as Stripe would
                 self.posted.append(body)
 
+    async def post_paced(self, bodies: Iterable[bytes], until: asyncio.Event, every_s: float) -> None:
+        """Traffic while the test does something else: one webhook every `every_s` until
+        `until` is set, then the rest at once. (The pause shapes the load; nothing waits
+        on it.)"""
+        for body in bodies:
+            await self.post([body])
+            if not until.is_set():
+                await asyncio.sleep(every_s)
+
     # --- output -----------------------------------------------------------------------------
 
     async def outputs(self) -> list[bytes]:
@@ -247,12 +287,31 @@ class Stack:
         return [commands.encode(r.record) for r in out]
 
     async def wait_for_outputs(self, n: int, timeout_s: float = 120) -> list[bytes]:
+        counted = [0]
+
         async def enough() -> list[bytes] | None:
             self.assert_alive()
             got = await self.outputs()
+            counted[0] = len(got)
             return got if len(got) >= n else None
 
-        return await until(f"{n} output records", enough, timeout_s, every_s=0.5)
+        try:
+            return await until(f"{n} output records", enough, timeout_s, every_s=0.5)
+        except AssertionError:
+            # which ones: a missing record (lost on the way) reads differently from no
+            # output at all (a stalled stage)
+            raise AssertionError(
+                f"timed out after {timeout_s:.0f}s waiting for {n} output records: "
+                f"{counted[0]} arrived\n{await self._difference()}\n{await self.report()}"
+            ) from None
+
+    async def _difference(self) -> str:
+        want = collections.Counter(normalized(r) for r in await self.expected())
+        have = collections.Counter(normalized(r) for r in await self.outputs())
+        missing, extra = want - have, have - want
+        return (f"{sum(missing.values())} missing, {sum(extra.values())} unexpected of "
+                f"{sum(want.values())} expected records\n"
+                f"missing: {list(missing)[:3]}\nunexpected: {list(extra)[:3]}")
 
     async def wait_drained(self, timeout_s: float = 120) -> None:
         """Every stage and the publisher have committed up to the end of what they read."""
@@ -284,7 +343,7 @@ class Stack:
                 await consumer.stop()
                 await admin.close()
 
-        await until("the pipeline to drain (all offsets committed)", drained, timeout_s, every_s=0.5)
+        await self.until("the pipeline to drain (all offsets committed)", drained, timeout_s, every_s=0.5)
 
     def _internal(self, name: str) -> str:
         return f"{self.prefix}.worker-{name}.sandbox"
@@ -298,11 +357,7 @@ class Stack:
         got = await self.outputs()
         want = collections.Counter(normalized(r) for r in expected)
         have = collections.Counter(normalized(r) for r in got)
-        missing, extra = want - have, have - want
-        assert not missing and not extra, (
-            f"{len(missing)} missing, {len(extra)} unexpected of {len(expected)} expected records\n"
-            f"missing: {list(missing)[:3]}\nunexpected: {list(extra)[:3]}"
-        )
+        assert want == have, await self._difference()
         ids = [command_id(r) for r in got]
         assert len(ids) == len(set(ids)), "an output id appears twice"
         return got
