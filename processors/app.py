@@ -14,6 +14,8 @@ from pathlib import Path
 
 import faust
 from mode import CrashingSupervisor
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 
 from refstream.settings import Settings
 from schemas.rules import Rules, load_rules
@@ -65,9 +67,35 @@ def config_from_env(
     )
 
 
+class StreamFlow(FlowControlEvent):
+    """Faust's flow control of the stream queues, minus one way of losing records.
+
+    `resume()` clears every stream queue, also when the queues are flowing already. That
+    is what faust 0.15.3 does at the end of each recovery after a rebalance: it resumes the
+    stream partitions, seeks them to their committed offsets (round trips to the broker),
+    then calls `resume()`. A record fetched in between sits in a queue with its offset
+    already counted as read: the clear drops it, it is never fetched again, and faust
+    commits past it as soon as the next record of the partition is acked (its gap check
+    starts one offset late). Webhooks arriving while a worker joins or leaves were lost
+    that way (tests/pipeline/test_two_workers.py). A resume of flowing queues now keeps
+    them; a resume after a suspend still clears what was queued before the rebalance.
+    """
+
+    def resume(self) -> None:
+        if self.is_active():
+            return
+        super().resume()
+
+
+class WorkerApp(faust.App):
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return StreamFlow(loop=self.loop)
+
+
 def create_app(cfg: WorkerConfig) -> faust.App:
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    return WorkerApp(
         cfg.app_id,
         broker=f"kafka://{cfg.settings.kafka_bootstrap.split(',')[0]}",
         store="rocksdb://",

@@ -81,5 +81,7 @@ def install(app: faust.App, pipeline: Pipeline) -> None:
             if not _authorized(pipeline, request):
                 return _unauthorized(self)
             recovered = app.tables.recovery.completed.is_set()
-            body: dict[str, Any] = {"ready": recovered and not app.rebalancing, **pipeline.stats()}
+            # rebalances: how often this worker's partitions were handed out since it started
+            body: dict[str, Any] = {"ready": recovered and not app.rebalancing,
+                                    "rebalances": app.rebalancing_count, **pipeline.stats()}
             return self.json(body, status=200 if body["ready"] else 503)
