@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -55,8 +55,13 @@ from schemas.stripe import StripeEvent, StripeParseError, parse_event
 
 log = logging.getLogger("refstream.worker")
 
-BATCH = 2000  # records per batch at most
+BATCH = 5000  # records per batch at most
 WITHIN = 0.1  # seconds a batch waits to fill up: each batch waits once for the broker's acks
+# Behind by more than BACKLOG records, a batch waits up to BACKLOG_WITHIN to fill: large
+# batches cost less per record (fewer requests, one table write per key), and latency
+# does not matter while catching up. A caught-up partition keeps the short wait.
+BACKLOG = 500
+BACKLOG_WITHIN = 1.0
 CACHE_KEYS = 4096  # decoded states kept per stage between batches (see DecodedCache)
 
 
@@ -184,6 +189,56 @@ class Batch:
             self.cache.put(key, raw, env.marks, self.states[key])
 
 
+async def take_batches(
+    stream: faust.StreamT, behind: Callable[[faust.types.EventT], bool],
+) -> AsyncIterator[list[faust.types.EventT]]:
+    """Like faust's `take_events(BATCH, WITHIN)`, with two differences: a batch whose last
+    record is `behind` waits up to BACKLOG_WITHIN to fill, and a batch is acknowledged
+    only when the agent comes back for the next one, never when its processing raised
+    (faust acks in a `finally`, which could let the offsets of a batch whose table
+    values were never written be committed)."""
+    events: list[faust.types.EventT] = []
+    full = asyncio.Event()
+    taken = asyncio.Event()
+    in_hand: asyncio.Future[None] | None = None  # set while the agent processes a batch
+
+    async def add(value: Any) -> Any:
+        # a processor of the stream: runs for each record, in the stream's drainer task
+        if in_hand is not None:
+            await in_hand
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("a stream record without its event")
+        events.append(event)
+        if len(events) >= BATCH:
+            full.set()
+            taken.clear()
+            await stream.wait(taken)  # type: ignore[attr-defined]
+        return value
+
+    stream.enable_acks = False
+    stream.add_processor(add)
+    stream._enable_passive(stream.channel.__aiter__())  # type: ignore[attr-defined]
+    loop = asyncio.get_running_loop()
+    while not stream.should_stop:  # type: ignore[attr-defined]
+        await stream.wait_for_stopped(full, timeout=WITHIN)  # type: ignore[attr-defined]
+        if events and not full.is_set() and behind(events[-1]):
+            await stream.wait_for_stopped(full, timeout=BACKLOG_WITHIN - WITHIN)  # type: ignore[attr-defined]
+        if not events:
+            continue
+        in_hand = loop.create_future()
+        batch = list(events)
+        yield batch
+        # the agent is back for more: the batch is done (sent, acknowledged, written)
+        del events[:len(batch)]
+        for event in batch:
+            await stream.ack(event)
+        done, in_hand = in_hand, None
+        done.set_result(None)
+        full.clear()
+        taken.set()
+
+
 class Pipeline:
     """The agents, tables and web views of one worker."""
 
@@ -247,8 +302,13 @@ class Pipeline:
         app = self.app
         cache = DecodedCache()
 
+        def behind(event: faust.types.EventT) -> bool:
+            m = event.message
+            end = app.consumer.highwater(m.tp)
+            return end is not None and end - m.offset > BACKLOG
+
         async def agent(stream: faust.StreamT) -> None:
-            async for evs in stream.take_events(BATCH, within=WITHIN):
+            async for evs in take_batches(stream, behind):
                 t0 = time.perf_counter()
                 batch = Batch(table, stage, cache) if table is not None else None
                 outs: list[Out] = []
