@@ -8,14 +8,20 @@ nothing anywhere but the report.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import gc
+import os
+import pickle
+import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 from processors.engine import Engine
-from projections.logsource import LogRecord
+from projections.logsource import FileSource, KafkaSource, LogRecord, SourceError
 from projections.report import Figures, Report, build_report
 from schemas.control import ControlDecodeError
 from schemas.control import decode as decode_control
@@ -86,22 +92,45 @@ def fold(
     as_of: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Report:
-    """Folds the whole log under `rules` and, in the same pass, under `compare`; payable is
-    reported as of `as_of` (Unix seconds; default: the latest event time in the log), the
-    way the worker answers `GET /referrers/{ucc}?as_of=`."""
+    """Folds the whole log under `rules` and under `compare`; payable is reported as of
+    `as_of` (Unix seconds; default: the latest event time in the log), the way the worker
+    answers `GET /referrers/{ucc}?as_of=`.
+
+    With `compare` and a `FileSource` or `KafkaSource`, a child process folds the compare
+    rules over its own read of the same source while this one folds `rules` (two cores
+    instead of one); given other batches, both engines fold in this process, in one pass.
+    """
+    compared: dict[tuple[str, str], Figures] | None = None
     with cyclic_gc_paused():
-        return _fold(batches, rules, compare, as_of=as_of, progress=progress)
+        if compare is not None and isinstance(batches, (FileSource, KafkaSource)):
+            with CompareFold(batches, compare) as other:
+                counts, engines = _feed(batches, [rules], progress)
+                # default: the latest event time seen, as the worker's own summaries do
+                at = as_of if as_of is not None else engines[0].latest
+                compared = other.figures(at, counts, engines[0].latest)
+        else:
+            counts, engines = _feed(batches, [rules] + ([compare] if compare is not None else []), progress)
+            at = as_of if as_of is not None else engines[0].latest
+            if compare is not None:
+                compared = figures_of(engines[1], at)
+        stripe, control, skipped = counts
+        return build_report(
+            figures_of(engines[0], at),
+            compared,
+            rules_revision=rules.revision,
+            compare_revision=compare.revision if compare is not None else None,
+            as_of=at, stripe_events=stripe, control_events=control, skipped=skipped,
+        )
 
 
-def _fold(
+def _feed(
     batches: Iterable[list[LogRecord]],
-    rules: Rules,
-    compare: Rules | None,
-    *,
-    as_of: int | None,
+    rule_sets: list[Rules],
     progress: Callable[[int], None] | None,
-) -> Report:
-    engines = [Engine(rules)] + ([Engine(compare)] if compare is not None else [])
+) -> tuple[tuple[int, int, int], list[Engine]]:
+    """Folds every record into one engine per rule set; returns (stripe, control, skipped)
+    counts and the engines."""
+    engines = [Engine(r) for r in rule_sets]
     stripe = control = skipped = 0
     for batch in batches:
         for rec in batch:
@@ -126,15 +155,115 @@ def _fold(
                 skipped += 1
         if progress is not None:
             progress(len(batch))
-    # default: the latest event time seen, as the worker's own summaries do
-    at = as_of if as_of is not None else engines[0].latest
-    return build_report(
-        figures_of(engines[0], at),
-        figures_of(engines[1], at) if compare is not None else None,
-        rules_revision=rules.revision,
-        compare_revision=compare.revision if compare is not None else None,
-        as_of=at, stripe_events=stripe, control_events=control, skipped=skipped,
-    )
+    return (stripe, control, skipped), engines
+
+
+# The child gets the parent's sys.path first (so it imports this same code), then its work.
+_COMPARE_CHILD = (
+    "import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); "
+    "from projections.replay import serve_compare; serve_compare()"
+)
+
+
+class CompareFold:
+    """The compare rules folded in a child process over its own read of the source.
+
+    The child folds, reports its counts and latest time, waits for the "as of" the caller
+    settles on (the default is the latest time of the caller's own fold), and answers with
+    its figures. Leaving the `with` block stops it.
+    """
+
+    def __init__(self, source: FileSource | KafkaSource, rules: Rules) -> None:
+        own = copy.copy(source)
+        own.in_child = False  # the child reads inline: its own fold is the slower side anyway
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _COMPARE_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        assert self._proc.stdin is not None
+        pickle.dump(sys.path, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump((own, rules), self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self._proc.stdin.flush()
+
+    def __enter__(self) -> CompareFold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        proc = self._proc
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        if proc.poll() is None:
+            proc.terminate()  # it only reads: nothing to undo
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _receive(self, expected: str) -> Any:
+        assert self._proc.stdout is not None
+        try:
+            what, item = pickle.load(self._proc.stdout)
+        except EOFError:
+            raise SourceError(
+                f"the process folding the compare rules stopped (exit code {self._proc.wait()}). "
+                f"Try again; if it happens again, its message is above."
+            ) from None
+        if what == "error":
+            raise SourceError(item)
+        if what == "crash":
+            raise RuntimeError(f"the process folding the compare rules failed:\n{item}")
+        assert what == expected, (what, expected)
+        return item
+
+    def figures(
+        self, as_of: int, counts: tuple[int, int, int], latest: int
+    ) -> dict[tuple[str, str], Figures]:
+        """The compare rules' figures as of `as_of`, once the child has folded the same log
+        (`counts` and `latest` from the caller's fold: anything else is a bug, not a result)."""
+        their_counts, their_latest = self._receive("folded")
+        if (tuple(their_counts), their_latest) != (counts, latest):
+            raise RuntimeError(
+                f"the compare fold read a different log: {their_counts}, latest {their_latest}, "
+                f"against {counts}, latest {latest}"
+            )
+        assert self._proc.stdin is not None
+        pickle.dump(as_of, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self._proc.stdin.flush()
+        figures: dict[tuple[str, str], Figures] = self._receive("figures")
+        return figures
+
+
+def serve_compare() -> None:
+    """The child's side of `CompareFold`."""
+    # the pickled answers own the real stdout; a stray print goes to stderr instead
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    source, rules = pickle.load(sys.stdin.buffer)
+
+    def send(what: str, item: Any) -> None:
+        pickle.dump((what, item), out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+
+    try:
+        gc.disable()  # as in `fold`: the states have no cycles
+        counts, (engine,) = _feed(source, [rules], None)
+        send("folded", (counts, engine.latest))
+        as_of = pickle.load(sys.stdin.buffer)
+        send("figures", figures_of(engine, as_of))
+    except (BrokenPipeError, EOFError):
+        pass  # the caller stopped
+    except SourceError as exc:
+        with contextlib.suppress(BrokenPipeError):
+            send("error", str(exc))
+    except BaseException:
+        with contextlib.suppress(BrokenPipeError):
+            send("crash", traceback.format_exc())
+    with contextlib.suppress(BrokenPipeError):
+        out.close()
+    # the engine's millions of objects die with the process: no need to free them one by one
+    os._exit(0)
 
 
 class Progress:
