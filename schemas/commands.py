@@ -7,7 +7,7 @@ retried command carries the same id and a consumer can drop duplicates.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import orjson
@@ -82,9 +82,19 @@ class ReviewCase:
 Command = PayoutCommand | NotificationCommand | ReviewCase
 
 
+# Commands whose fields are all plain values: their dict is built from the slots directly,
+# several times cheaper than `asdict`'s deep copy and the same bytes (a review case's
+# `details` may hold anything, so it keeps `asdict`).
+_FLAT: dict[type[Any], tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in (PayoutCommand, NotificationCommand)
+}
+
+
 def encode(command: Command) -> bytes:
     """JSON bytes with exactly the SPEC §8 fields (keys sorted, so bytes are stable)."""
-    return orjson.dumps(asdict(command), option=orjson.OPT_SORT_KEYS)
+    names = _FLAT.get(type(command))
+    doc = asdict(command) if names is None else {name: getattr(command, name) for name in names}
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
 def decode(raw: bytes) -> Command:

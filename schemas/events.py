@@ -6,7 +6,7 @@ orjson and a version/type tag. Fields are scalars only, so decoding is `cls(**fi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import orjson
@@ -157,8 +157,18 @@ class EventDecodeError(ValueError):
     pass
 
 
+_ORDER: dict[type[Any], tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in _TYPES.values()
+}
+
+
 def encode(event: DomainEvent) -> bytes:
-    return orjson.dumps({"v": VERSION, "t": type(event).__name__, **asdict(event)})
+    # the fields from the slots, in declaration order (as `asdict` gives them, at several
+    # times its speed); orjson writes nested records in that same order
+    doc: dict[str, Any] = {"v": VERSION, "t": type(event).__name__}
+    for name in _ORDER[type(event)]:
+        doc[name] = getattr(event, name)
+    return orjson.dumps(doc)
 
 
 def decode(raw: bytes) -> DomainEvent:
