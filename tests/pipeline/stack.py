@@ -127,9 +127,9 @@ class Stack:
             raise AssertionError(f"refstream {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result
 
-    def create_topics(self) -> None:
+    def create_topics(self, partitions: int = PARTITIONS) -> None:
         result = subprocess.run([REFSTREAM, "topics", "create", "--prefix", self.prefix, "--env", "sandbox",
-                                 "--partitions", str(PARTITIONS)], env=self.env(), cwd=self.tmp,
+                                 "--partitions", str(partitions)], env=self.env(), cwd=self.tmp,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
 
