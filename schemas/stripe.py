@@ -359,7 +359,7 @@ def _lines(obj: dict[str, Any], path: str) -> tuple[InvoiceLine, ...]:
 
 
 def _opt_amount(obj: dict[str, Any], key: str, path: str) -> int | None:
-    v = _oint(obj, key, path)
+    v: int | None = _oint(obj, key, path)  # typed: mypyc refuses a local inferred as None
     return v if v is None else _amount_ok(v, key, path, signed=True)
 
 
