@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
 
 import click
 
@@ -19,12 +20,14 @@ IDLE_TIMEOUT_S = 15.0
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--reuse-port", is_flag=True,
               help="Set SO_REUSEPORT, so several ingest processes can share the port.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Ingest processes sharing the port (one core each); each has its own producer.")
 @click.option("--topic-prefix", default="refstream", show_default=True, hidden=True,
               help="Topic name prefix (tests and benchmarks use a private one).")
 @click.option("--linger-ms", default=5, show_default=True, type=click.IntRange(0, 100),
               help="How long the producer gathers records into one batch; larger batches cost "
                    "the broker less per webhook, at that much added latency.")
-def ingest(host: str, port: int, reuse_port: bool, topic_prefix: str, linger_ms: int) -> None:
+def ingest(host: str, port: int, reuse_port: bool, workers: int, topic_prefix: str, linger_ms: int) -> None:
     """Receive Stripe webhooks, verify them and write them to Kafka."""
     from aiohttp import web
 
@@ -48,6 +51,13 @@ def ingest(host: str, port: int, reuse_port: bool, topic_prefix: str, linger_ms:
             "Set REFSTREAM_STRIPE_SECRETS_SANDBOX (and/or _PRODUCTION) to the endpoint's "
             "whsec_… secret, e.g. the one `stripe listen` prints."
         )
+    if workers > 1:
+        from ingest.workers import run_workers
+
+        _check_port_free(host, port)  # else the workers would quietly join whoever holds it
+        worker_args = ["ingest", "--host", host, "--port", str(port), "--reuse-port", "--workers", "1",
+                       "--topic-prefix", topic_prefix, "--linger-ms", str(linger_ms)]
+        raise SystemExit(run_workers(workers, worker_args, stop_timeout_s=settings.produce_timeout_s + 5))
     event_log = EventLog(settings.kafka_bootstrap, timeout_s=settings.produce_timeout_s, linger_ms=linger_ms)
     app = create_app(settings, event_log, topic_prefix=topic_prefix)
     app.on_startup.append(_freeze_startup_objects)
@@ -69,6 +79,18 @@ def ingest(host: str, port: int, reuse_port: bool, topic_prefix: str, linger_ms:
             f"Cannot listen on {host}:{port} ({exc.strerror}). Stop the program using it or "
             "choose another port with --port."
         ) from exc
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.ClickException(
+                f"Cannot listen on {host}:{port} ({exc.strerror}). Stop the program using it or "
+                "choose another port with --port."
+            ) from exc
 
 
 async def _freeze_startup_objects(app: object) -> None:

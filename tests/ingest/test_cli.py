@@ -94,3 +94,59 @@ def test_refstream_ingest_names_a_secret_that_is_not_one(tmp_path: Path) -> None
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert "whsec_" in result.stderr and "sk_test_oops" not in result.stderr
+
+
+async def test_refstream_ingest_workers_share_the_port_and_their_metrics(
+    bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    await make_topics(bootstrap, topic_prefix, envs=["sandbox"])
+    port = _free_port()
+    env = {**os.environ, "REFSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+           "REFSTREAM_STRIPE_SECRETS_SANDBOX": SANDBOX_SECRET, "REFSTREAM_STRIPE_SECRETS_PRODUCTION": ""}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log_path = tmp_path / "ingest.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([REFSTREAM, "ingest", "--port", str(port), "--topic-prefix", topic_prefix,
+                                 "--workers", "2"], env=env, cwd=tmp_path, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[str] = []
+        while len(workers) < 2 or not all(_ready(base) for _ in range(4)):
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the workers did not become ready in 60 s"
+            time.sleep(0.3)
+            workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        customer = json.loads((FIXTURES / "current" / "customer.json").read_text())
+        bodies = [body_of(envelope(customer, "customer.updated", livemode=False, event_id=f"evt_w{i}"))
+                  for i in range(20)]
+        for body in bodies:  # a connection each: the kernel spreads them over both workers
+            assert _post(f"{base}/webhooks/stripe/sandbox", body, sign(body, SANDBOX_SECRET))[0] == 200
+        # whichever worker answers the scrape, it counts the requests of both
+        written = 'refstream_ingest_requests_total{env="sandbox",outcome="written",status="200"} 20.0'
+        for _ in range(4):
+            with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            assert written in text
+
+        # a second ingest cannot quietly join the port
+        second = subprocess.run([REFSTREAM, "ingest", "--port", str(port), "--workers", "2"], env=env,
+                                cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert second.returncode != 0 and "Cannot listen" in second.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a worker outlived ingest"
+    records = await read_topic(bootstrap, Topics("sandbox", topic_prefix).stripe_events)
+    assert sorted(r.value for r in records) == sorted(bodies)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    assert len([line for line in lines if line["msg"] == "webhook"]) == 20
+    assert len([line for line in lines if line["msg"] == "listening"]) == 2
+
+
+def _ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, ConnectionError):
+        return False
