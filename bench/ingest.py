@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def make_bodies(n: int) -> list[tuple[bytes, str]]:
 
 
 async def drive(url: str, bodies: list[tuple[bytes, str]], duration_s: float, concurrency: int,
-                warmup_s: float) -> dict[str, Any]:
+                warmup_s: float, mark: Callable[[], object] = lambda: None) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors = 0
@@ -101,7 +102,11 @@ async def drive(url: str, bodies: list[tuple[bytes, str]], duration_s: float, co
                     latencies.append(t1 - t0)
                     statuses[status] = statuses.get(status, 0) + 1
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        async def start_measuring() -> None:
+            await asyncio.sleep(warmup_s)
+            mark()
+
+        await asyncio.gather(start_measuring(), *(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - measure_from
     latencies.sort()
     ok = statuses.get(200, 0)
@@ -114,7 +119,7 @@ async def drive(url: str, bodies: list[tuple[bytes, str]], duration_s: float, co
     return {"requests": len(latencies), "ok": ok, "statuses": statuses, "client_errors": errors,
             "seconds": round(elapsed, 2), "per_second": round(ok / elapsed, 1),
             "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
-            "sent_total": next_i}
+            "sent_total": next_i, "measured_requests": len(latencies)}
 
 
 WRK_SCRIPT = r"""
@@ -144,7 +149,7 @@ end
 
 
 def drive_wrk(url: str, bodies: list[tuple[bytes, str]], duration_s: float, concurrency: int,
-              warmup_s: float, workdir: Path) -> dict[str, Any]:
+              warmup_s: float, workdir: Path, mark: Callable[[], object] = lambda: None) -> dict[str, Any]:
     """The same load from `wrk` (C, epoll): a load generator that leaves the cores to the server."""
     from urllib.parse import urlsplit
     parts = urlsplit(url)
@@ -166,13 +171,14 @@ def drive_wrk(url: str, bodies: list[tuple[bytes, str]], duration_s: float, conc
         return [int(x) for x in line.split()[1:]]
 
     warm = run(warmup_s)[0] if warmup_s > 0 else 0
+    mark()
     n, dur_us, p50, p90, p99, non2xx, *errs = run(duration_s)
     seconds = dur_us / 1e6
     ok = n - non2xx
     return {"client": "wrk", "requests": n, "ok": ok, "statuses": {"2xx": ok, "other": non2xx},
             "client_errors": sum(errs), "seconds": round(seconds, 2), "per_second": round(ok / seconds, 1),
             "p50_ms": round(p50 / 1000, 2), "p90_ms": round(p90 / 1000, 2), "p99_ms": round(p99 / 1000, 2),
-            "sent_total": n + warm}
+            "sent_total": n + warm, "measured_requests": n}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -231,9 +237,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bootstrap", help="a running Kafka; default: start a local broker for the run")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per target")
-    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--warmup", type=float, default=5.0,
+                    help="seconds of load before measuring (a fresh broker's JIT compiles meanwhile)")
     ap.add_argument("--concurrency", type=int, default=64, help="connections in flight")
-    ap.add_argument("--processes", type=int, default=1, help="ingest processes sharing the port")
+    ap.add_argument("--workers", type=int, default=1, help="`refstream ingest --workers N`: processes "
+                    "sharing the port")
     ap.add_argument("--linger-ms", type=int, default=5, help="ingest's producer batching")
     ap.add_argument("--gunicorn-workers", type=int, default=2 * (os.cpu_count() or 1) + 1)
     ap.add_argument("--skip-reference", action="store_true")
@@ -245,10 +253,22 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="refstream-bench-"))
     use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk") is not None)
 
-    def load(url: str, bodies: list[tuple[bytes, str]]) -> dict[str, Any]:
+    def load(url: str, bodies: list[tuple[bytes, str]], pids: list[list[int]]
+             ) -> tuple[dict[str, Any], list[float]]:
+        """Drive `url`; also the CPU seconds each group of `pids` spent in the measured window
+        (after the warm-up), the last group being this process and its reaped children (wrk)."""
+        at_start: list[float] = []
+
+        def mark() -> None:
+            at_start[:] = [cpu_of(group) for group in pids]
+
         if use_wrk:
-            return drive_wrk(url, bodies, args.duration, args.concurrency, args.warmup, tmp)
-        return asyncio.run(drive(url, bodies, args.duration, args.concurrency, args.warmup))
+            result = drive_wrk(url, bodies, args.duration, args.concurrency, args.warmup, tmp, mark)
+        else:
+            result = asyncio.run(drive(url, bodies, args.duration, args.concurrency, args.warmup, mark))
+        if not at_start:
+            mark()
+        return result, [cpu_of(group) - before for group, before in zip(pids, at_start, strict=True)]
 
     cluster = None
     procs: list[subprocess.Popen[bytes]] = []
@@ -274,27 +294,28 @@ def main() -> None:
 
         port = free_port()
         log = open(tmp / "ingest.log", "wb")  # noqa: SIM115
-        for _ in range(args.processes):
-            cmd = [refstream, "ingest", "--port", str(port), "--topic-prefix", prefix,
-                   "--linger-ms", str(args.linger_ms)]
-            if args.processes > 1:
-                cmd.append("--reuse-port")
-            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True))
-        for p in procs:
-            wait_http(f"http://127.0.0.1:{port}/healthz", 30, p)
-        print(f"driving ingest ({args.processes} process(es)) for {args.duration:g}s at "
+        cmd = [refstream, "ingest", "--port", str(port), "--topic-prefix", prefix,
+               "--linger-ms", str(args.linger_ms), "--workers", str(args.workers)]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True))
+        wait_http(f"http://127.0.0.1:{port}/healthz", 30, procs[0])
+        ingest_pids = [procs[0].pid]
+        if args.workers > 1:  # the workers are the parent's children; the warm-up covers their start
+            deadline = time.monotonic() + 30
+            while len(ingest_pids) < args.workers + 1 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                ingest_pids = [procs[0].pid] + [int(c) for c in Path(
+                    f"/proc/{procs[0].pid}/task/{procs[0].pid}/children").read_text().split()]
+        print(f"driving ingest ({args.workers} worker(s)) for {args.duration:g}s at "
               f"concurrency {args.concurrency} …", flush=True)
         broker_pids = [int(n.pid_file.read_text()) for n in cluster.nodes] if cluster else []
-        ingest_pids = [p.pid for p in procs]
-        cpu_before = (cpu_of(ingest_pids), cpu_of(broker_pids), cpu_of([os.getpid()]))
-        ingest = load(f"http://127.0.0.1:{port}/webhooks/stripe/sandbox", bodies)
-        cpu_after = (cpu_of(ingest_pids), cpu_of(broker_pids), cpu_of([os.getpid()]))
-        sent = max(ingest["sent_total"], 1)
-        # CPU per webhook, whole run incl. warm-up: what the 2 shared cores were spent on
+        ingest, cpu = load(f"http://127.0.0.1:{port}/webhooks/stripe/sandbox", bodies,
+                           [ingest_pids, broker_pids, [os.getpid()]])
+        measured = max(ingest["measured_requests"], 1)
+        # CPU per webhook in the measured window (steady state, after the warm-up): what the
+        # 2 shared cores were spent on
         ingest["cpu_ms_per_webhook"] = {
-            name: round((after - before) / sent * 1000, 3)
-            for name, before, after in zip(("ingest", "broker", "load_generator"), cpu_before, cpu_after,
-                                           strict=True)
+            name: round(seconds / measured * 1000, 3)
+            for name, seconds in zip(("ingest", "broker", "load_generator"), cpu, strict=True)
         }
         for p in procs:
             stop(p)
@@ -333,13 +354,12 @@ def main() -> None:
                   flush=True)
             ref_pids = [rp.pid] + [int(c) for c in Path(f"/proc/{rp.pid}/task/{rp.pid}/children")
                                    .read_text().split()]
-            ref_before = (cpu_of(ref_pids), cpu_of([os.getpid()]))
-            reference = load(f"http://127.0.0.1:{rport}/webhooks/stripe/sandbox", bodies)
-            ref_after = (cpu_of(ref_pids), cpu_of([os.getpid()]))
-            rsent = max(reference["sent_total"], 1)
+            reference, ref_cpu = load(f"http://127.0.0.1:{rport}/webhooks/stripe/sandbox", bodies,
+                                      [ref_pids, [os.getpid()]])
+            rmeasured = max(reference["measured_requests"], 1)
             reference["cpu_ms_per_webhook"] = {
-                "reference": round((ref_after[0] - ref_before[0]) / rsent * 1000, 3),
-                "load_generator": round((ref_after[1] - ref_before[1]) / rsent * 1000, 3),
+                "reference": round(ref_cpu[0] / rmeasured * 1000, 3),
+                "load_generator": round(ref_cpu[1] / rmeasured * 1000, 3),
             }
             stop(rp)
             procs.clear()
