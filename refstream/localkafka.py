@@ -235,7 +235,11 @@ def _cluster_id(cluster: Cluster) -> str:
     f = cluster.data_dir / "cluster.id"
     if f.exists():
         return f.read_text().strip()
-    cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cid = "-"
+    # one id in 64 starts with "-" and reads as an option to kafka-storage (Kafka's own
+    # random ids avoid that too)
+    while cid.startswith("-"):
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     f.write_text(cid)
     return cid
 
