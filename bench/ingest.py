@@ -237,7 +237,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bootstrap", help="a running Kafka; default: start a local broker for the run")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per target")
-    ap.add_argument("--warmup", type=float, default=5.0,
+    ap.add_argument("--warmup", type=float, default=15.0,
                     help="seconds of load before measuring (a fresh broker's JIT compiles meanwhile)")
     ap.add_argument("--concurrency", type=int, default=64, help="connections in flight")
     ap.add_argument("--workers", type=int, default=1, help="`refstream ingest --workers N`: processes "
@@ -285,7 +285,8 @@ def main() -> None:
         asyncio.run(create_topics(bootstrap, ["sandbox"], prefix=prefix))
         topic = Topics("sandbox", prefix).stripe_events
 
-        n = int((args.duration + args.warmup) * 6000) + 1000
+        # wrk cycles through a pool of 2,000 (see drive_wrk); the aiohttp client sends each once
+        n = 2000 if use_wrk else int((args.duration + args.warmup) * 6000) + 1000
         print(f"signing {n} events …", flush=True)
         bodies = make_bodies(n)
         env = {**os.environ, "REFSTREAM_KAFKA_BOOTSTRAP": bootstrap,
