@@ -246,9 +246,16 @@ def serve_compare() -> None:
         pickle.dump((what, item), out, protocol=pickle.HIGHEST_PROTOCOL)
         out.flush()
 
+    parent = os.getppid()
+
+    def parent_alive(_: int) -> None:
+        # a killed caller cannot stop this fold, and it would otherwise run to the end
+        if os.getppid() != parent:
+            os._exit(1)
+
     try:
         gc.disable()  # as in `fold`: the states have no cycles
-        counts, (engine,) = _feed(source, [rules], None)
+        counts, (engine,) = _feed(source, [rules], parent_alive)
         send("folded", (counts, engine.latest))
         as_of = pickle.load(sys.stdin.buffer)
         send("figures", figures_of(engine, as_of))
