@@ -14,6 +14,9 @@ from typing import TextIO
 
 # At most this many lines wait for one write; a burst flushes early.
 MAX_PENDING_LINES = 512
+# Writes of at most PIPE_BUF bytes to a pipe are atomic: with `--workers N` several
+# processes share stderr, and a line must never be cut by another process's write.
+PIPE_BUF = 4096
 
 
 class BatchedStreamHandler(logging.StreamHandler[TextIO]):
@@ -22,6 +25,7 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
         self.delay_s = delay_s
         self._pending: list[str] = []
         self._scheduled: asyncio.TimerHandle | None = None
+        self._scheduled_in: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -37,8 +41,9 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
             return
         if len(self._pending) >= MAX_PENDING_LINES:
             self.flush()
-        elif self._scheduled is None:
+        elif self._scheduled is None or self._scheduled_in is not loop:
             self._scheduled = loop.call_later(self.delay_s, self._flush_from_timer)
+            self._scheduled_in = loop
 
     def _flush_from_timer(self) -> None:
         self._scheduled = None
@@ -50,10 +55,19 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
             if self._scheduled is not None:
                 self._scheduled.cancel()
                 self._scheduled = None
-            if self._pending:
-                text = "\n".join(self._pending) + "\n"
-                self._pending.clear()
-                self.stream.write(text)
+            lines, self._pending = self._pending, []
+            chunk: list[str] = []
+            size = 0
+            for line in lines:
+                n = (len(line) if line.isascii() else len(line.encode())) + 1
+                if chunk and size + n > PIPE_BUF:
+                    self.stream.write("\n".join(chunk) + "\n")
+                    super().flush()
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += n
+            if chunk:
+                self.stream.write("\n".join(chunk) + "\n")
             super().flush()
         except Exception:  # a closed or broken stderr must not fail a request
             pass

@@ -73,14 +73,16 @@ class _Deadlines:
         self.timeout_s = timeout_s
         self._queue: deque[_Deadline] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> _Deadline:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         deadline = _Deadline(loop.time() + self.timeout_s, task, task.cancelling() if task else 0)
         self._queue.append(deadline)
-        if self._timer is None:
+        if self._timer is None or self._timer_loop is not loop:  # (a loop closed with its timer)
             self._timer = loop.call_later(self.SWEEP_S, self._sweep, loop)
+            self._timer_loop = loop
         return deadline
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -89,9 +91,10 @@ class _Deadlines:
         queue = self._queue
         while queue and (queue[0].task is None or queue[0].at <= now):
             deadline = queue.popleft()
-            if deadline.task is not None:
+            task = deadline.task
+            if task is not None and task.get_loop() is loop:
                 deadline.expired = True
-                deadline.task.cancel()
+                task.cancel()
         if queue:
             self._timer = loop.call_later(self.SWEEP_S, self._sweep, loop)
 
