@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.fold [--customers 100000] [--referrers 10000] [--profile]
     .venv/bin/python -m bench.fold --instructions [--customers 1000] [--referrers 100]
     .venv/bin/python -m bench.fold --digest [--customers 5000] [--referrers 500] [--seed 11]
+    .venv/bin/python -m bench.fold --growth [--customers 50000] [--referrers 5000] [--chunk 50000]
 
 Generates the log with bench/gen.py (100,000 customers, 10,000 referrers, monthly payout
 runs), renders it in chunks of raw bytes, and times only `Engine.feed_stripe` /
@@ -16,9 +17,13 @@ this script twice under valgrind's callgrind on the same small log, once only re
 the log and once rendering and folding it, and reports the difference per event.
 
 `--digest` is the check every optimisation must pass unchanged: it folds a fixed log
-(with review decisions on half of the cases after each payout run, so approvals and
-rejections are covered too) and prints a SHA-256 over every output record, every table
-value (`dumps` of every state) and the summaries.
+(deciding every review case after the payout run that follows it, approved or rejected by
+its id, so approvals and rejections are covered too) and prints a SHA-256 over every
+output record, every table value (`dumps` of every state) and the summaries.
+
+`--growth` shows how the cost per event changes as the states grow, on a loaded machine:
+after each `--chunk` events of the log it folds a small fresh log (the probe: same code,
+tiny states) and prints the big fold's CPU time per event divided by the probe's.
 """
 
 from __future__ import annotations
@@ -168,12 +173,52 @@ def digest(args: argparse.Namespace) -> int:
     return 0
 
 
+def growth(args: argparse.Namespace) -> int:
+    """CPU time per event of each chunk, relative to a fresh small fold measured around it."""
+    rules = parse_rules(RULES, "bench rules")
+    probe_items = list(islice(Log(300, 30, 99).iter_log(), 3000))
+
+    def probe() -> float:
+        best = float("inf")
+        for _ in range(3):
+            small = Engine(rules)
+            start = time.process_time()
+            for source, _, raw in probe_items:
+                small.feed_stripe(raw) if source == "stripe" else small.feed_control(raw)
+            best = min(best, time.process_time() - start)
+        return best / len(probe_items)
+
+    engine = Engine(rules)
+    records = Log(args.customers, args.referrers, args.seed).iter_log()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    done = 0
+    rows = []
+    while chunk := list(islice(records, args.chunk)):
+        before = probe()
+        start = time.process_time()
+        for source, _, raw in chunk:
+            engine.feed_stripe(raw) if source == "stripe" else engine.feed_control(raw)
+        per_event = (time.process_time() - start) / len(chunk)
+        ratio = per_event / min(before, probe())
+        done += len(chunk)
+        rows.append({"events": done, "us_per_event": round(per_event * 1e6, 1), "vs_probe": round(ratio, 2)})
+        print(f"{done:>9,} events  {per_event * 1e6:6.1f} us/event  {ratio:.2f}x the probe", flush=True)
+    gc.enable()
+    out = args.out if args.out != RESULTS / "fold.json" else RESULTS / "fold_growth.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"customers": args.customers, "referrers_planned": args.referrers,
+                               "seed": args.seed, "chunks": rows}, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--customers", type=int, help="default 100,000 (--instructions: 1,000)")
     ap.add_argument("--referrers", type=int, help="default 10,000 (--instructions: 100)")
     ap.add_argument("--seed", type=int, help="default 7 (--digest: 11)")
-    ap.add_argument("--chunk", type=int, default=20_000)
+    ap.add_argument("--chunk", type=int, help="default 20,000 (--growth: 50,000)")
     ap.add_argument("--profile", action="store_true", help="cProfile the fold, print the top 25")
     ap.add_argument("--keep-gc", action="store_true",
                     help="leave Python's cyclic garbage collector on during the fold")
@@ -182,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="count instructions per event with callgrind, on a small log")
     ap.add_argument("--digest", action="store_true",
                     help="fold a fixed log and print a SHA-256 over outputs, table values, summaries")
+    ap.add_argument("--growth", action="store_true",
+                    help="CPU time per event as the states grow, relative to a small probe fold")
     ap.add_argument("--phase", choices=("render", "fold"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     small = args.instructions or args.phase  # under valgrind: ~50x slower, so 1 % of the log
@@ -192,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         return digest(args)
     if args.seed is None:
         args.seed = 7
+    if args.growth:
+        args.customers = args.customers or 50_000
+        args.referrers = args.referrers or 5_000
+        args.chunk = args.chunk or 50_000
+        return growth(args)
+    if args.chunk is None:
+        args.chunk = 20_000
     if args.customers is None:
         args.customers = 1_000 if small else 100_000
     if args.referrers is None:
