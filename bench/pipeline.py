@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -343,6 +344,11 @@ async def main() -> int:
                     p.kill()
         if cluster is not None:
             localkafka.down(cluster.data_dir)
+        # the broker's log and the worker's tables are ~1 GB after a default run: keep only
+        # the process logs (worker.log, ingest.log) for a look afterwards
+        for bulky in (tmp / "kafka", tmp / "data"):
+            shutil.rmtree(bulky, ignore_errors=True)
+        print(f"logs in {tmp}")
     result["machine"]["load_average_at_end"] = os.getloadavg()  # type: ignore[index]
     out = ROOT / "bench" / "results" / "pipeline.json"
     out.parent.mkdir(parents=True, exist_ok=True)
