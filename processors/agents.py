@@ -508,5 +508,6 @@ class Pipeline:
 
     def stats(self) -> dict[str, Any]:
         return {**asdict(self.counters), "published": self.publisher.published,
-                "publisher_dropped_duplicates": self.publisher.dropped}
+                "publisher_dropped_duplicates": self.publisher.dropped,
+                "publisher_adopt_failures": self.publisher.adopt_failures}
 

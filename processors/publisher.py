@@ -30,6 +30,7 @@ log = logging.getLogger("refstream.worker.publisher")
 TRANSACTION_TIMEOUT_S = 30.0  # a transaction that has not committed by then is given up and redone
 COLLECT_S = 0.1  # how long the outbox is gathered into one transaction per partition
 COLLECT_MAX = 10_000  # records per round at most
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0  # back-off when a partition cannot be taken over
 
 def command_id(value: bytes) -> str:
     doc = orjson.loads(value)
@@ -54,6 +55,8 @@ class Publisher(ConsumerRebalanceListener):
         self.consumer: AIOKafkaConsumer | None = None
         self.published = 0
         self.dropped = 0
+        self.adopt_failures = 0  # partitions that could not be taken over at the first try
+        self.retrying: dict[int, asyncio.Task[None]] = {}
         # a rebalance waits for the transaction in flight: stopping its producer midway
         # would leave the commit waiting forever
         self.lock = asyncio.Lock()
@@ -68,8 +71,44 @@ class Publisher(ConsumerRebalanceListener):
         async with self.lock:
             # in parallel: the group waits for this callback, and each adoption costs a
             # round trip to the transaction coordinator and a read of the output topics
-            await asyncio.gather(*(self._adopt(tp.partition) for tp in assigned
+            await asyncio.gather(*(self._adopt_or_retry(tp.partition) for tp in assigned
                                    if tp.partition not in self.producers))
+
+    async def _adopt_or_retry(self, p: int) -> None:
+        """Take over partition p; if that fails, keep trying in the background. A partition
+        without its producer holds its commands back (nothing is lost: its outbox position
+        is put back), and the group would not hand it out again until the next rebalance."""
+        try:
+            await self._adopt(p)
+        except Exception as exc:
+            self._adoption_failed(p, exc)
+            if p not in self.retrying:
+                self.retrying[p] = asyncio.get_running_loop().create_task(self._retry_adopt(p))
+
+    async def _retry_adopt(self, p: int) -> None:
+        delay = RETRY_FIRST_S
+        try:
+            while True:
+                await asyncio.sleep(delay)  # back-off between attempts, not a wait for an event
+                delay = min(delay * 2, RETRY_MAX_S)
+                async with self.lock:
+                    if p in self.producers or not self._assigned(p):
+                        return  # taken over meanwhile, or no longer ours
+                    try:
+                        await self._adopt(p)
+                        return
+                    except Exception as exc:
+                        self._adoption_failed(p, exc)
+        finally:
+            self.retrying.pop(p, None)
+
+    def _adoption_failed(self, p: int, exc: Exception) -> None:
+        self.adopt_failures += 1
+        log.error("publisher could not take over an outbox partition; its commands wait, retrying",
+                  extra={"partition": p, "error": repr(exc)})
+
+    def _assigned(self, p: int) -> bool:
+        return self.consumer is not None and TopicPartition(self.outbox, p) in self.consumer.assignment()
 
     async def _adopt(self, p: int) -> None:
         producer = AIOKafkaProducer(
@@ -79,8 +118,14 @@ class Publisher(ConsumerRebalanceListener):
             acks="all",
             linger_ms=2,
         )
-        await producer.start()  # init_transactions: fences and aborts a previous owner's transaction
-        self.seen[p] = await self._published_ids(p)
+        try:
+            await producer.start()  # init_transactions: fences and aborts a previous owner's transaction
+            self.seen[p] = await self._published_ids(p)
+        except BaseException:
+            self.seen.pop(p, None)
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
         self.producers[p] = producer  # last: only now may records of p be copied
         log.info("publisher partition assigned", extra={"partition": p, "known_ids": len(self.seen[p])})
 
@@ -149,6 +194,8 @@ class Publisher(ConsumerRebalanceListener):
                         await asyncio.gather(*(self._publish(consumer, tp, msgs)
                                                for tp, msgs in batch.items() if msgs))
         finally:
+            for task in list(self.retrying.values()):
+                task.cancel()
             for p in list(self.producers):
                 await self._drop(p)
             await consumer.stop()
@@ -193,7 +240,7 @@ class Publisher(ConsumerRebalanceListener):
                                                                         "error": repr(exc)})
             await asyncio.sleep(0.2)
             await self._drop(tp.partition)
-            await self._adopt(tp.partition)
+            await self._adopt_or_retry(tp.partition)
             with contextlib.suppress(Exception):
                 consumer.seek(tp, msgs[0].offset)
             return
