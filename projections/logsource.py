@@ -34,7 +34,7 @@ import threading
 import traceback
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -576,19 +576,54 @@ def read_in_child(source: FileSource | KafkaSource) -> Iterator[list[LogRecord]]
             proc.wait()
 
 
-def serve_child() -> None:
-    """The child's side of `read_in_child`: reads the source from stdin, sends
-    ("state", attrs), ("batch", [tuples]), then ("end", None) or ("error", message)."""
-    # the pickled stream owns the real stdout; a stray print goes to stderr instead
+Send = Callable[[str, Any], None]
+
+
+class ParentGone(Exception):
+    """The parent closed the child's stdin before sending what the child waits for."""
+
+
+def from_parent() -> Any:
+    """The next pickled object the parent sends on stdin."""
+    try:
+        return pickle.load(sys.stdin.buffer)
+    except EOFError as exc:  # only here: a truncated gzip also raises EOFError, and that is an error
+        raise ParentGone from exc
+
+
+def answer_parent(work: Callable[[Send], None]) -> None:
+    """The child's side of a pickled pipe (the reader here, replay's compare fold):
+    `work(send)` sends ("what", item) pairs on the real stdout. A SourceError becomes
+    ("error", message), anything else ("crash", traceback); a parent that stopped
+    listening (broken pipe, closed stdin) ends the child quietly."""
+    # the pickled answers own the real stdout; a stray print goes to stderr instead
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    source = pickle.load(sys.stdin.buffer)
 
     def send(what: str, item: Any) -> None:
         pickle.dump((what, item), out, protocol=pickle.HIGHEST_PROTOCOL)
         out.flush()
 
     try:
+        work(send)
+    except (BrokenPipeError, ParentGone):
+        pass  # the parent stopped
+    except SourceError as exc:
+        with contextlib.suppress(BrokenPipeError):
+            send("error", str(exc))
+    except BaseException:
+        with contextlib.suppress(BrokenPipeError):
+            send("crash", traceback.format_exc())
+    with contextlib.suppress(BrokenPipeError):
+        out.close()
+
+
+def serve_child() -> None:
+    """The child's side of `read_in_child`: reads the source from stdin, sends
+    ("state", attrs), ("batch", [tuples]), then ("end", None) or ("error", message)."""
+
+    def read(send: Send) -> None:
+        source = from_parent()
         state: dict[str, Any] | None = None
         for batch in source:
             now = source._state()
@@ -598,13 +633,5 @@ def serve_child() -> None:
             send("batch", [tuple(rec) for rec in batch])
         send("state", source._state())
         send("end", None)
-    except BrokenPipeError:
-        pass  # the parent stopped reading
-    except SourceError as exc:
-        with contextlib.suppress(BrokenPipeError):
-            send("error", str(exc))
-    except BaseException:
-        with contextlib.suppress(BrokenPipeError):
-            send("crash", traceback.format_exc())
-    with contextlib.suppress(BrokenPipeError):
-        out.close()
+
+    answer_parent(read)

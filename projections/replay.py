@@ -15,13 +15,20 @@ import os
 import pickle
 import subprocess
 import sys
-import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 from processors.engine import Engine
-from projections.logsource import FileSource, KafkaSource, LogRecord, SourceError
+from projections.logsource import (
+    FileSource,
+    KafkaSource,
+    LogRecord,
+    Send,
+    SourceError,
+    answer_parent,
+    from_parent,
+)
 from projections.report import Figures, Report, build_report
 from schemas.control import ControlDecodeError
 from schemas.control import decode as decode_control
@@ -237,15 +244,6 @@ class CompareFold:
 
 def serve_compare() -> None:
     """The child's side of `CompareFold`."""
-    # the pickled answers own the real stdout; a stray print goes to stderr instead
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    source, rules = pickle.load(sys.stdin.buffer)
-
-    def send(what: str, item: Any) -> None:
-        pickle.dump((what, item), out, protocol=pickle.HIGHEST_PROTOCOL)
-        out.flush()
-
     parent = os.getppid()
 
     def parent_alive(_: int) -> None:
@@ -253,22 +251,15 @@ def serve_compare() -> None:
         if os.getppid() != parent:
             os._exit(1)
 
-    try:
+    def fold_compare(send: Send) -> None:
+        source, rules = from_parent()
         gc.disable()  # as in `fold`: the states have no cycles
         counts, (engine,) = _feed(source, [rules], parent_alive)
         send("folded", (counts, engine.latest))
-        as_of = pickle.load(sys.stdin.buffer)
+        as_of = from_parent()
         send("figures", figures_of(engine, as_of))
-    except (BrokenPipeError, EOFError):
-        pass  # the caller stopped
-    except SourceError as exc:
-        with contextlib.suppress(BrokenPipeError):
-            send("error", str(exc))
-    except BaseException:
-        with contextlib.suppress(BrokenPipeError):
-            send("crash", traceback.format_exc())
-    with contextlib.suppress(BrokenPipeError):
-        out.close()
+
+    answer_parent(fold_compare)
     # the engine's millions of objects die with the process: no need to free them one by one
     os._exit(0)
 
