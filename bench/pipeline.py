@@ -70,6 +70,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def broker_threads(pids: list[int]) -> dict[str, float]:
+    """The broker's CPU seconds by kind of thread: its JIT compiler (busy for minutes after a
+    start), the request handlers and network threads ("data-plane"), and everything else."""
+    out = {"jit_compiler": 0.0, "requests": 0.0, "other": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                name = (task / "comm").read_text()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the thread ended meanwhile
+            kind = "jit_compiler" if "CompilerThre" in name else \
+                "requests" if name.startswith("data-plane") else "other"
+            out[kind] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -132,6 +150,11 @@ async def committed_events(bootstrap: str, app_id: str, topic: str) -> int:
         await admin.close()
 
 
+async def worker_stats(web: int) -> dict[str, object]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{web}/readyz") as resp:
+        return dict(await resp.json(content_type=None))
+
+
 async def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as http:
@@ -148,9 +171,12 @@ async def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -
     raise SystemExit(f"{url} not ready within {timeout_s}s")
 
 
-async def latency(bootstrap: str, t: Topics, ingest_url: str, rate: int, seconds: int) -> dict[str, object]:
+async def latency(
+    bootstrap: str, t: Topics, ingest_url: str, rate: int, seconds: int, *, with_hops: bool = True,
+) -> dict[str, object]:
     """Post customer.created webhooks at `rate`/s; time 200 → new_signup committed."""
     acked: dict[str, float] = {}
+    acked_wall: dict[str, float] = {}
     seen: dict[str, float] = {}
     total = rate * seconds
     run = uuid.uuid4().hex[:6]
@@ -162,6 +188,7 @@ async def latency(bootstrap: str, t: Topics, ingest_url: str, rate: int, seconds
     for tp in consumer.assignment():
         await consumer.position(tp)
     stop = asyncio.Event()
+    seen_wall: dict[str, float] = {}
 
     async def read() -> None:
         while not stop.is_set():
@@ -172,6 +199,7 @@ async def latency(bootstrap: str, t: Topics, ingest_url: str, rate: int, seconds
                     doc = orjson.loads(m.value)
                     if doc.get("kind") == "new_signup":
                         seen.setdefault(doc["source_event_id"], now)
+                        seen_wall.setdefault(doc["source_event_id"], time.time())
 
     reader = asyncio.create_task(read())
     failures = 0
@@ -188,6 +216,7 @@ async def latency(bootstrap: str, t: Topics, ingest_url: str, rate: int, seconds
             async with http.post(f"{ingest_url}/webhooks/stripe/sandbox", data=body, headers=headers) as r:
                 if r.status == 200:
                     acked[eid] = time.monotonic()
+                    acked_wall[eid] = time.time()
                 else:
                     failures += 1
 
@@ -208,6 +237,11 @@ async def latency(bootstrap: str, t: Topics, ingest_url: str, rate: int, seconds
     await reader
     await consumer.stop()
     lat = [seen[e] - acked[e] for e in acked if e in seen]
+    # when the latency builds up: p50 per fifth of the run, in sending order
+    order = sorted((acked[e], seen[e] - acked[e]) for e in acked if e in seen)
+    fifths = [round(percentile([x for _, x in order[i * len(order) // 5:(i + 1) * len(order) // 5]], 0.5), 3)
+              for i in range(5)] if len(order) >= 5 else []
+    hop = await hops(bootstrap, t, acked_wall, seen_wall) if with_hops else {}
     return {
         "webhooks": total, "target_rate_per_s": rate, "achieved_rate_per_s": round(total / sent_s, 1),
         "ingest_failures": failures, "notifications_seen": len(lat), "missing": len(acked) - len(lat),
@@ -215,7 +249,60 @@ async def latency(bootstrap: str, t: Topics, ingest_url: str, rate: int, seconds
         "p99_s": round(percentile(lat, 0.99), 3) if lat else None,
         "max_s": round(max(lat), 3) if lat else None,
         "mean_s": round(statistics.mean(lat), 3) if lat else None,
+        "p50_s_by_fifth_of_run": fifths,
+        "hops_ms": hop,
     }
+
+
+async def hops(
+    bootstrap: str, t: Topics, acked: dict[str, float], seen: dict[str, float],
+) -> dict[str, object]:
+    """Where the latency goes, from the records' own timestamps (set when each producer
+    took the record): stripe-events → worker-referrer (the customer stage
+    sent its Signup) → worker-outbox (the referrer stage sent the notification) →
+    notifications (the publisher sent it in a transaction) → seen committed by the client."""
+    stamps: dict[str, dict[str, float]] = {}
+    stages = [("stripe-events", t.stripe_events, "id"),
+              ("referrer-in", f"{t.prefix}.worker-referrer.{t.env}", "event_id"),
+              ("outbox", f"{t.prefix}.worker-outbox.{t.env}", "source_event_id"),
+              ("notifications", t.notifications, "source_event_id")]
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                              isolation_level="read_committed")
+    await reader.start()
+    try:
+        for name, topic, field in stages:
+            tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            ends = await reader.end_offsets(tps)
+            pending = {tp for tp in tps if ends[tp] > 0}
+            while pending:
+                for msgs in (await reader.getmany(timeout_ms=500, max_records=5000)).values():
+                    for m in msgs:
+                        eid = orjson.loads(m.value).get(field) if m.value else None
+                        if eid in acked:
+                            stamps.setdefault(eid, {}).setdefault(name, m.timestamp / 1000)
+                for tp in list(pending):
+                    if await reader.position(tp) >= ends[tp]:
+                        pending.discard(tp)
+    finally:
+        await reader.stop()
+    # (ingest stamps its record before it answers 200, so that step is left out)
+    steps = [("customer stage", "stripe-events", "referrer-in"),
+             ("referrer stage", "referrer-in", "outbox"),
+             ("publisher", "outbox", "notifications"),
+             ("commit -> seen", "notifications", None)]
+    out: dict[str, object] = {}
+    for label, a, b in steps:
+        d = []
+        for eid, st in stamps.items():
+            start = st.get(a) if a else acked[eid]
+            end = st.get(b) if b else seen.get(eid)
+            if start is not None and end is not None:
+                d.append(1000 * (end - start))
+        if d:
+            out[label] = {"p50": round(percentile(d, 0.5), 1), "p99": round(percentile(d, 0.99), 1)}
+    return out
 
 
 async def main() -> int:
@@ -223,11 +310,17 @@ async def main() -> int:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--rate", type=int, default=500)
     ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--warmup-s", type=int, default=10,
+                    help="Post webhooks at --rate for this long before the latency run, not measured: "
+                         "a fresh broker spends about half its CPU in its JIT compiler at first.")
     ap.add_argument("--max-catch-up-s", type=int, default=900,
                     help="Stop waiting for the catch-up after this long and report the rate so far.")
     ap.add_argument("--profile", type=Path, default=None,
                     help="Sample the worker with py-spy during the catch-up and write collapsed "
                          "stacks (flamegraph input) to this file.")
+    ap.add_argument("--profile-latency", type=Path, default=None,
+                    help="Sample the worker with py-spy during the latency run (its steady state) "
+                         "and write collapsed stacks to this file.")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="refstream-bench-pipeline-"))
@@ -327,12 +420,54 @@ async def main() -> int:
                 env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(ingest)
         await wait_http(f"http://127.0.0.1:{ingest_port}/readyz", ingest, 60)
+        if args.warmup_s > 0:
+            warm = await latency(bootstrap, t, f"http://127.0.0.1:{ingest_port}", args.rate, args.warmup_s,
+                                 with_hops=False)
+            print(f"warm-up at {warm['achieved_rate_per_s']}/s for {args.warmup_s}s: p50 {warm['p50_s']}s, "
+                  f"p99 {warm['p99_s']}s (not counted)")
+        spy = None
+        if args.profile_latency is not None:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                                    str(worker.pid), "--format", "raw", "--rate", "200", "--nonblocking",
+                                    "--output", str(args.profile_latency)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # steady-state CPU per webhook: the worker's, its broker's and ingest's during the run
+        # (the client's wait for the last notifications adds a little idle time, no CPU)
+        cpu0 = {"worker": cpu_seconds(worker.pid), "ingest": cpu_seconds(ingest.pid),
+                "broker": sum(cpu_seconds(pid) for pid in broker_pids)}
+        threads0 = broker_threads(broker_pids)
+        stats0 = await worker_stats(web)
         lat = await latency(bootstrap, t, f"http://127.0.0.1:{ingest_port}", args.rate, args.seconds)
+        cpu1 = {"worker": cpu_seconds(worker.pid), "ingest": cpu_seconds(ingest.pid),
+                "broker": sum(cpu_seconds(pid) for pid in broker_pids)}
+        stats1 = await worker_stats(web)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        n = int(lat["webhooks"])  # type: ignore[call-overload]
+        threads1 = broker_threads(broker_pids)
+        lat["broker_cpu_ms_per_webhook_by_thread"] = {
+            k: round(1000 * (v - threads0.get(k, 0.0)) / n, 3) for k, v in threads1.items()}
+        used = {k: cpu1[k] - cpu0[k] for k in cpu0 if k != "broker" or broker_pids}
+        lat["cpu_ms_per_webhook"] = {k: round(1000 * v / n, 3) for k, v in used.items()}
+        lat["worker_stats_delta"] = {k: round(stats1[k] - stats0[k], 3) for k in stats1
+                                     if isinstance(stats1.get(k), int | float)
+                                     and isinstance(stats0.get(k), int | float)
+                                     and k != "last_batch_at"}
+        lat["load_average_after"] = os.getloadavg()
+        print("  CPU ms per webhook: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                    lat["cpu_ms_per_webhook"].items())  # type: ignore[attr-defined]
+              + " (broker: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                         lat["broker_cpu_ms_per_webhook_by_thread"].items())  # type: ignore[attr-defined]
+              + f"); load average {os.getloadavg()[0]:.1f}")
         lat["target_p99_s"] = 2.0
         p99 = lat["p99_s"]
         lat["met"] = isinstance(p99, float) and p99 < 2.0 and lat["missing"] == 0
         print(f"ingest 200 → notification at {lat['achieved_rate_per_s']}/s: p50 {lat['p50_s']}s, "
               f"p99 {p99}s, max {lat['max_s']}s ({lat['notifications_seen']}/{lat['webhooks']} seen)")
+        print(f"  p50 by fifth of the run: {lat['p50_s_by_fifth_of_run']}")
+        print("  hops (ms): " + "; ".join(f"{k} p50 {v['p50']} p99 {v['p99']}"  # type: ignore[index]
+                                        for k, v in lat["hops_ms"].items()))  # type: ignore[attr-defined]
         result["latency"] = lat
     finally:
         for p in procs:
