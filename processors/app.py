@@ -87,10 +87,23 @@ class StreamFlow(FlowControlEvent):
         super().resume()
 
 
+# Table writes wait in faust's producer buffer until its task hands them to aiokafka, one
+# per turn of the event loop. Past 100 (faust's limit) the consumer stops handing records
+# to every stream until 100 more are sent: a batch that wrote 150 referrer values stalled
+# the customer stage too. The agents already bound what they write (one batch,
+# after its acks), so the limit only has to stay out of the way.
+PRODUCER_BUFFER_MAX = 20_000
+
+
 class WorkerApp(faust.App):
     @cached_property
     def flow_control(self) -> FlowControlEvent:
         return StreamFlow(loop=self.loop)
+
+    def _new_producer(self) -> faust.types.ProducerT:
+        producer = super()._new_producer()
+        producer.buffer.max_messages = PRODUCER_BUFFER_MAX  # type: ignore[attr-defined]
+        return producer
 
 
 def create_app(cfg: WorkerConfig) -> faust.App:
