@@ -57,6 +57,13 @@ log = logging.getLogger("refstream.worker")
 
 BATCH = 5000  # records per batch at most
 WITHIN = 0.1  # seconds a batch waits to fill up: each batch waits once for the broker's acks
+# A busy stream waits longer, up to BUSY_WITHIN: every batch costs the same fixed work
+# (produce requests, an ack wait, faust's acks and commits, the broker's share of all of
+# it), so at 500 webhooks/s 100 ms batches of ~50 records spent most of the worker's
+# CPU on it. The window grows with the last batch's size (WITHIN per BUSY_RECORDS
+# records), so a quiet stream keeps its 100 ms.
+BUSY_WITHIN = 0.3
+BUSY_RECORDS = 25
 # Behind by more than BACKLOG records, a batch waits up to BACKLOG_WITHIN to fill: large
 # batches cost less per record (fewer requests, one table write per key), and latency
 # does not matter while catching up. A caught-up partition keeps the short wait.
@@ -189,11 +196,17 @@ class Batch:
             self.cache.put(key, raw, env.marks, self.states[key])
 
 
+def batch_window(last_batch: int) -> float:
+    """How long the next batch waits to fill, from the size of the last one."""
+    return min(BUSY_WITHIN, max(WITHIN, WITHIN * last_batch / BUSY_RECORDS))
+
+
 async def take_batches(
     stream: faust.StreamT, behind: Callable[[faust.types.EventT], bool],
 ) -> AsyncIterator[list[faust.types.EventT]]:
-    """Like faust's `take_events(BATCH, WITHIN)`, with two differences: a batch whose last
-    record is `behind` waits up to BACKLOG_WITHIN to fill, and a batch is acknowledged
+    """Like faust's `take_events(BATCH, WITHIN)`, with three differences: the wait grows
+    with the stream's load (`batch_window`), a batch whose last record is `behind` waits up
+    to BACKLOG_WITHIN to fill, and a batch is acknowledged
     only when the agent comes back for the next one, never when its processing raised
     (faust acks in a `finally`, which could let the offsets of a batch whose table
     values were never written be committed)."""
@@ -220,12 +233,15 @@ async def take_batches(
     stream.add_processor(add)
     stream._enable_passive(stream.channel.__aiter__())  # type: ignore[attr-defined]
     loop = asyncio.get_running_loop()
+    window = WITHIN
     while not stream.should_stop:  # type: ignore[attr-defined]
-        await stream.wait_for_stopped(full, timeout=WITHIN)  # type: ignore[attr-defined]
+        await stream.wait_for_stopped(full, timeout=window)  # type: ignore[attr-defined]
         if events and not full.is_set() and behind(events[-1]):
-            await stream.wait_for_stopped(full, timeout=BACKLOG_WITHIN - WITHIN)  # type: ignore[attr-defined]
+            await stream.wait_for_stopped(full, timeout=BACKLOG_WITHIN - window)  # type: ignore[attr-defined]
         if not events:
+            window = WITHIN
             continue
+        window = batch_window(len(events))
         in_hand = loop.create_future()
         batch = list(events)
         yield batch
