@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
+from ingest.log_lines import info_line, lone_batched_handler
 from ingest.metrics import CONTENT_TYPE, IngestMetrics
 from ingest.producer import EventLog, LogUnavailable
 from ingest.verify import Envelope, Rejection, check_envelope, verify_signature
@@ -164,17 +165,19 @@ async def webhook(request: web.Request) -> web.Response:
     finally:
         elapsed = time.perf_counter() - started
         ingest.metrics.request_done(env_label, status, outcome, elapsed)
-        log.info(
-            "webhook",
-            extra={
-                "env": env_label,
-                "event_id": envelope.event_id if envelope else None,
-                "event_type": envelope.event_type if envelope else None,
-                "status": status,
-                "outcome": outcome,
-                "latency_ms": round(elapsed * 1000, 2),
-            },
-        )
+        fields = {
+            "env": env_label,
+            "event_id": envelope.event_id if envelope else None,
+            "event_type": envelope.event_type if envelope else None,
+            "status": status,
+            "outcome": outcome,
+            "latency_ms": round(elapsed * 1000, 2),
+        }
+        handler = lone_batched_handler(log)
+        if handler is not None:
+            handler.add_line(info_line(log, "webhook", fields))
+        else:
+            log.info("webhook", extra=fields)
 
 
 async def healthz(request: web.Request) -> web.Response:

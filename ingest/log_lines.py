@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TextIO
+import time
+from typing import Any, TextIO
+
+import orjson
+
+from refstream.jsonlog import JsonFormatter
 
 # At most this many lines wait for one write; a burst flushes early.
 MAX_PENDING_LINES = 512
@@ -33,6 +38,10 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
             return
+        self.add_line(line)
+
+    def add_line(self, line: str) -> None:
+        """Queue one formatted line (no newline) for the next batch."""
         self._pending.append(line)
         try:
             loop = asyncio.get_running_loop()
@@ -90,3 +99,45 @@ def use_batched_stderr(delay_s: float = 0.05) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+
+
+def lone_batched_handler(logger: logging.Logger) -> BatchedStreamHandler | None:
+    """The handler an INFO line of `logger` reaches, if that is a single batched JSON handler.
+
+    Then `info_line` can write the line without a LogRecord, a handler lock and the
+    formatter's generic attribute walk (~14 -> ~3 µs per webhook). Anything else attached
+    (pytest's caplog, a filter, another handler) makes this None: log the usual way.
+    """
+    if not logger.isEnabledFor(logging.INFO):
+        return None
+    found: BatchedStreamHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        for handler in current.handlers:
+            if (found is not None or type(handler) is not BatchedStreamHandler or handler.filters
+                    or handler.level > logging.INFO or type(handler.formatter) is not JsonFormatter):
+                return None
+            found = handler
+        if not current.propagate:
+            break
+        current = current.parent
+    return found
+
+
+_second = -1
+_second_text = ""
+
+
+def info_line(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> str:
+    """The text JsonFormatter gives `logger.info(msg, extra=fields)`, made directly."""
+    global _second, _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = second
+    doc = {"ts": f"{_second_text}.{int((now - second) * 1000):03d}Z", "level": "info",
+           "logger": logger.name, "msg": msg, **fields}
+    return orjson.dumps(doc, default=str).decode()
