@@ -188,6 +188,20 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks
 
 
+def jit_cpu_seconds(pids: list[int]) -> float:
+    """CPU time of the JVM's JIT compiler threads ("C1/C2 CompilerThread") in `pids`: how much
+    of the broker's CPU in a window went to compiling rather than serving."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                if "CompilerThre" in (task / "comm").read_text():
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def cpu_of(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -260,7 +274,7 @@ def main() -> None:
         at_start: list[float] = []
 
         def mark() -> None:
-            at_start[:] = [cpu_of(group) for group in pids]
+            at_start[:] = [cpu_of(group) for group in pids] + [jit_cpu_seconds(pids[1])]
 
         if use_wrk:
             result = drive_wrk(url, bodies, args.duration, args.concurrency, args.warmup, tmp, mark)
@@ -268,7 +282,8 @@ def main() -> None:
             result = asyncio.run(drive(url, bodies, args.duration, args.concurrency, args.warmup, mark))
         if not at_start:
             mark()
-        return result, [cpu_of(group) - before for group, before in zip(pids, at_start, strict=True)]
+        now = [cpu_of(group) for group in pids] + [jit_cpu_seconds(pids[1])]
+        return result, [after - before for after, before in zip(now, at_start, strict=True)]
 
     cluster = None
     procs: list[subprocess.Popen[bytes]] = []
@@ -316,7 +331,8 @@ def main() -> None:
         # 2 shared cores were spent on
         ingest["cpu_ms_per_webhook"] = {
             name: round(seconds / measured * 1000, 3)
-            for name, seconds in zip(("ingest", "broker", "load_generator"), cpu, strict=True)
+            for name, seconds in zip(("ingest", "broker", "load_generator", "broker_jit_compiler"), cpu,
+                                     strict=True)
         }
         for p in procs:
             stop(p)
@@ -356,11 +372,11 @@ def main() -> None:
             ref_pids = [rp.pid] + [int(c) for c in Path(f"/proc/{rp.pid}/task/{rp.pid}/children")
                                    .read_text().split()]
             reference, ref_cpu = load(f"http://127.0.0.1:{rport}/webhooks/stripe/sandbox", bodies,
-                                      [ref_pids, [os.getpid()]])
+                                      [ref_pids, [], [os.getpid()]])
             rmeasured = max(reference["measured_requests"], 1)
             reference["cpu_ms_per_webhook"] = {
                 "reference": round(ref_cpu[0] / rmeasured * 1000, 3),
-                "load_generator": round(ref_cpu[1] / rmeasured * 1000, 3),
+                "load_generator": round(ref_cpu[2] / rmeasured * 1000, 3),
             }
             stop(rp)
             procs.clear()
