@@ -70,6 +70,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def system_seconds(pid: int) -> float:
+    """The kernel's share of a process's CPU time (socket writes and the TCP work behind them)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def broker_threads(pids: list[int]) -> dict[str, float]:
     """The broker's CPU seconds by kind of thread: its JIT compiler (busy for minutes after a
     start), the request handlers and network threads ("data-plane"), and everything else."""
@@ -433,13 +439,15 @@ async def main() -> int:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # steady-state CPU per webhook: the worker's, its broker's and ingest's during the run
         # (the client's wait for the last notifications adds a little idle time, no CPU)
-        cpu0 = {"worker": cpu_seconds(worker.pid), "ingest": cpu_seconds(ingest.pid),
-                "broker": sum(cpu_seconds(pid) for pid in broker_pids)}
+        cpu0 = {"worker": cpu_seconds(worker.pid), "worker_system": system_seconds(worker.pid),
+                "ingest": cpu_seconds(ingest.pid), "broker": sum(cpu_seconds(pid) for pid in broker_pids),
+                "bench_client": time.process_time()}
         threads0 = broker_threads(broker_pids)
         stats0 = await worker_stats(web)
         lat = await latency(bootstrap, t, f"http://127.0.0.1:{ingest_port}", args.rate, args.seconds)
-        cpu1 = {"worker": cpu_seconds(worker.pid), "ingest": cpu_seconds(ingest.pid),
-                "broker": sum(cpu_seconds(pid) for pid in broker_pids)}
+        cpu1 = {"worker": cpu_seconds(worker.pid), "worker_system": system_seconds(worker.pid),
+                "ingest": cpu_seconds(ingest.pid), "broker": sum(cpu_seconds(pid) for pid in broker_pids),
+                "bench_client": time.process_time()}
         stats1 = await worker_stats(web)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
