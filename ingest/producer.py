@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.protocol.metadata import MetadataRequest
 
 MAX_BATCH_BYTES = 512 * 1024
@@ -99,6 +101,116 @@ class _Deadlines:
             self._timer = loop.call_later(self.SWEEP_S, self._sweep, loop)
 
 
+@dataclass(slots=True)
+class _OpenBatch:
+    builder: BatchBuilder
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    due: bool = False  # its linger is over; it goes as soon as the partition has nothing in flight
+
+
+class _Batcher:
+    """Records gathered into one aiokafka batch per partition, handed over whole.
+
+    `producer.send()` costs a coroutine, a partition lookup (two sets and a sort), an
+    accumulator call, a future and a RecordMetadata per record. Here a record is one
+    C-level append to the partition's open batch and one future; the batch goes to the
+    producer with `send_batch` (the same accumulator, sender, retries and idempotent
+    sequence numbers) once its linger is over and the partition's previous batch is
+    confirmed, so batches grow while a request is in flight, as aiokafka's own do.
+    Every waiter learns its batch's outcome: confirmed by Kafka, or the error.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, linger_s: float) -> None:
+        self._producer = producer
+        self._linger_s = linger_s
+        self._partitioner = KeyPartitioner()
+        self._partitions: dict[str, tuple[float, list[int]]] = {}  # topic -> (seen at, sorted ids)
+        self._open: dict[tuple[str, int], _OpenBatch] = {}
+        self._in_flight: dict[tuple[str, int], int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def partitions(self, topic: str, ttl_s: float) -> list[int]:
+        known = self._partitions.get(topic)
+        if known is not None and time.monotonic() - known[0] < ttl_s:
+            return known[1]
+        ids = sorted(await self._producer.partitions_for(topic))
+        self._partitions[topic] = (time.monotonic(), ids)
+        return ids
+
+    def add(self, topic: str, partitions: list[int], key: bytes, value: bytes,
+            headers: Sequence[tuple[str, bytes]]) -> asyncio.Future[None]:
+        """Append one record; the future is done once Kafka confirmed its batch."""
+        tp = (topic, self._partitioner(key, partitions, partitions))
+        batch = self._open.get(tp)
+        if batch is None:
+            batch = self._start(tp)
+        if batch.builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            # full: send it now, and start another
+            self._hand_over(tp, batch)
+            batch = self._start(tp)
+            if batch.builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                raise LogUnavailable(
+                    "kafka_error",
+                    f"The event ({len(value)} bytes) does not fit in one Kafka batch, so it was "
+                    "not stored. Lower REFSTREAM_MAX_BODY_BYTES so such bodies get 413.",
+                )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(waiter)
+        return waiter
+
+    def _start(self, tp: tuple[str, int]) -> _OpenBatch:
+        batch = self._open[tp] = _OpenBatch(self._producer.create_batch())
+        asyncio.get_running_loop().call_later(self._linger_s, self._lingered, tp, batch)
+        return batch
+
+    def _lingered(self, tp: tuple[str, int], batch: _OpenBatch) -> None:
+        if self._open.get(tp) is not batch:
+            return  # already sent (it filled up)
+        if self._in_flight.get(tp):
+            batch.due = True  # goes when the one in flight is confirmed
+        else:
+            self._hand_over(tp, batch)
+
+    def _hand_over(self, tp: tuple[str, int], batch: _OpenBatch) -> None:
+        if self._open.get(tp) is batch:
+            del self._open[tp]
+        batch.builder.close()  # closed: the accumulator sends it without lingering again
+        self._in_flight[tp] = self._in_flight.get(tp, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._deliver(tp, batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, tp: tuple[str, int], batch: _OpenBatch) -> None:
+        try:
+            delivered = await self._producer.send_batch(batch.builder, tp[0], partition=tp[1])
+            await delivered
+        except Exception as exc:
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    # a copy each, so tracebacks do not pile up on one object
+                    waiter.set_exception(copy.copy(exc))
+        except BaseException:  # cancelled (the loop is closing): nobody gets a 200
+            for waiter in batch.waiters:
+                waiter.cancel()
+            raise
+        else:
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        finally:
+            self._in_flight[tp] -= 1
+            following = self._open.get(tp)
+            if following is not None and following.due and not self._in_flight[tp]:
+                self._hand_over(tp, following)
+
+    async def close(self) -> None:
+        """Send what is still open and wait until every batch is settled."""
+        for tp, batch in list(self._open.items()):
+            self._hand_over(tp, batch)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+
 class LogUnavailable(Exception):
     """Kafka did not confirm the write in time; `code` and message name the fix."""
 
@@ -123,6 +235,7 @@ class EventLog:
         self._linger_ms = linger_ms
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None
+        self._batcher: _Batcher | None = None
         self._start_lock = asyncio.Lock()
         # topics seen to exist, with the time they were seen: a deleted topic is noticed
         # within the TTL, and the hot path costs no metadata request
@@ -146,13 +259,13 @@ class EventLog:
                 client_id=self._client_id,
                 acks="all",
                 enable_idempotence=True,
-                linger_ms=self._linger_ms,
+                # batches are gathered by _Batcher (with linger_ms) and handed over closed
+                linger_ms=0,
                 # aiokafka's default (16 KiB) holds only three ~5 KB events, so under load
                 # every partition's batch filled at once and sends waited for it to drain:
                 # many small produce requests, each costing the broker the same. Half of
                 # the broker's default max.message.bytes (1 MiB) keeps a batch acceptable.
                 max_batch_size=MAX_BATCH_BYTES,
-                partitioner=KeyPartitioner(),
                 # a broker that stops answering is noticed well within our own bound's retries
                 request_timeout_ms=max(int(self.timeout_s * 1000), 3000),
                 metadata_max_age_ms=30_000,
@@ -163,13 +276,11 @@ class EventLog:
                 with contextlib.suppress(Exception):
                     await producer.stop()
                 raise
+            self._batcher = _Batcher(producer, self._linger_ms / 1000)
             self._producer = producer
             return producer
 
     async def _topic_exists(self, producer: AIOKafkaProducer, topic: str) -> bool:
-        seen = self._known_topics.get(topic)
-        if seen is not None and time.monotonic() - seen < self._topic_ttl:
-            return True
         # one check in flight per topic, however many deliveries are waiting for it
         async with self._topic_locks.setdefault(topic, asyncio.Lock()):
             seen = self._known_topics.get(topic)
@@ -197,15 +308,19 @@ class EventLog:
         deadline = self._deadlines.start()
         try:
             producer = self._producer or await self._ensure_started()
-            if not await self._topic_exists(producer, topic):
+            batcher = self._batcher
+            assert batcher is not None  # set together with the producer
+            seen = self._known_topics.get(topic)
+            stale = seen is None or time.monotonic() - seen >= self._topic_ttl
+            if stale and not await self._topic_exists(producer, topic):
                 raise LogUnavailable(
                     "topic_missing",
                     f"The Kafka topic {topic!r} does not exist, so the event could not be "
                     "stored. Create the topics with `refstream topics create`; Stripe "
                     "will retry this delivery.",
                 )
-            delivered = await producer.send(topic, value=value, key=key, headers=list(headers))
-            await delivered
+            partitions = await batcher.partitions(topic, self._topic_ttl)
+            await batcher.add(topic, partitions, key, value, headers)
         except asyncio.CancelledError:
             task = deadline.task
             if not deadline.expired or task is None or task.uncancel() > deadline.cancelling:
@@ -257,7 +372,13 @@ class EventLog:
         self._closed = True
         async with self._start_lock:
             producer, self._producer = self._producer, None
+            batcher, self._batcher = self._batcher, None
         if producer is not None:
-            # a stopped broker must not hold shutdown hostage
+            # a stopped broker must not hold shutdown hostage: what is still open gets the
+            # produce timeout to be sent, then the producer stops whatever happened
+            bound = max(self.timeout_s, 1.0)
+            if batcher is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(batcher.close(), timeout=bound)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), timeout=max(self.timeout_s, 1.0))
+                await asyncio.wait_for(producer.stop(), timeout=bound)
