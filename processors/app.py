@@ -17,6 +17,7 @@ from mode import CrashingSupervisor
 from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
+from processors import handoff
 from refstream.settings import Settings
 from schemas.rules import Rules, load_rules
 from schemas.topics import DEFAULT_PARTITIONS, Topics
@@ -99,6 +100,11 @@ class WorkerApp(faust.App):
     @cached_property
     def flow_control(self) -> FlowControlEvent:
         return StreamFlow(loop=self.loop)
+
+    def _new_consumer(self) -> faust.types.ConsumerT:
+        consumer = super()._new_consumer()
+        handoff.install(consumer)
+        return consumer
 
     def _new_producer(self) -> faust.types.ProducerT:
         producer = super()._new_producer()
