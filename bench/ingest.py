@@ -251,7 +251,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bootstrap", help="a running Kafka; default: start a local broker for the run")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per target")
-    ap.add_argument("--warmup", type=float, default=15.0,
+    # a broker started for the run is still JIT-compiling after 15 s and 45 s of load, which
+    # counts a one-time start-up cost as per-webhook broker CPU; after 60 s it has settled
+    ap.add_argument("--warmup", type=float, default=60.0,
                     help="seconds of load before measuring (a fresh broker's JIT compiles meanwhile)")
     ap.add_argument("--concurrency", type=int, default=64, help="connections in flight")
     ap.add_argument("--workers", type=int, default=1, help="`refstream ingest --workers N`: processes "
