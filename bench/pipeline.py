@@ -155,6 +155,13 @@ def broker_threads(pids: list[int]) -> dict[str, float]:
     return out
 
 
+def py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """Sample `pid` with py-spy (the `bench` extra) into `out` until sent SIGINT."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+                             "--format", "raw", "--rate", "200", "--nonblocking", "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -416,10 +423,7 @@ async def main() -> int:
         procs.append(worker)
         spy = None
         if args.profile is not None:
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                                    str(worker.pid), "--format", "raw", "--rate", "200", "--nonblocking",
-                                    "--output", str(args.profile)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = py_spy(worker.pid, args.profile)
         await wait_http(f"http://127.0.0.1:{web}/readyz", worker, 120)
         ready = time.monotonic() - t0
         done = False
@@ -483,10 +487,7 @@ async def main() -> int:
                   f"p99 {warm['p99_s']}s (not counted)")
         spy = None
         if args.profile_latency is not None:
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                                    str(worker.pid), "--format", "raw", "--rate", "200", "--nonblocking",
-                                    "--output", str(args.profile_latency)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = py_spy(worker.pid, args.profile_latency)
         # steady-state CPU per webhook: the worker's, its broker's and ingest's during the run
         # (the client's wait for the last notifications adds a little idle time, no CPU)
         cpu0 = {"worker": cpu_seconds(worker.pid), "worker_system": system_seconds(worker.pid),
