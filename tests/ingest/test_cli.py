@@ -26,6 +26,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _ingest_env(bootstrap: str) -> dict[str, str]:
+    env = {**os.environ, "REFSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+           "REFSTREAM_STRIPE_SECRETS_SANDBOX": SANDBOX_SECRET, "REFSTREAM_STRIPE_SECRETS_PRODUCTION": ""}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # ingest makes its own for --workers
+    return env
+
+
+def _start_ingest(
+    bootstrap: str, topic_prefix: str, port: int, tmp_path: Path, *options: str,
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """`refstream ingest` as an operator starts it; its output goes to the returned log file."""
+    log_path = tmp_path / "ingest.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([REFSTREAM, "ingest", "--port", str(port), "--topic-prefix", topic_prefix,
+                                 *options], env=_ingest_env(bootstrap), cwd=tmp_path, stdout=log, stderr=log)
+    return proc, log_path
+
+
 def _post(url: str, body: bytes, signature: str) -> tuple[int, dict[str, object]]:
     headers = {"Stripe-Signature": signature, "Content-Type": "application/json"}
     request = urllib.request.Request(url, data=body, method="POST", headers=headers)
@@ -41,12 +59,7 @@ async def test_refstream_ingest_serves_webhooks_and_logs_one_json_line_per_reque
 ) -> None:
     await make_topics(bootstrap, topic_prefix, envs=["sandbox"])
     port = _free_port()
-    env = {**os.environ, "REFSTREAM_KAFKA_BOOTSTRAP": bootstrap,
-           "REFSTREAM_STRIPE_SECRETS_SANDBOX": SANDBOX_SECRET, "REFSTREAM_STRIPE_SECRETS_PRODUCTION": ""}
-    log_path = tmp_path / "ingest.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([REFSTREAM, "ingest", "--port", str(port), "--topic-prefix", topic_prefix],
-                                env=env, cwd=tmp_path, stdout=log, stderr=log)
+    proc, log_path = _start_ingest(bootstrap, topic_prefix, port, tmp_path)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -101,13 +114,8 @@ async def test_refstream_ingest_workers_share_the_port_and_their_metrics(
 ) -> None:
     await make_topics(bootstrap, topic_prefix, envs=["sandbox"])
     port = _free_port()
-    env = {**os.environ, "REFSTREAM_KAFKA_BOOTSTRAP": bootstrap,
-           "REFSTREAM_STRIPE_SECRETS_SANDBOX": SANDBOX_SECRET, "REFSTREAM_STRIPE_SECRETS_PRODUCTION": ""}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log_path = tmp_path / "ingest.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([REFSTREAM, "ingest", "--port", str(port), "--topic-prefix", topic_prefix,
-                                 "--workers", "2"], env=env, cwd=tmp_path, stdout=log, stderr=log)
+    proc, log_path = _start_ingest(bootstrap, topic_prefix, port, tmp_path, "--workers", "2")
+    env = _ingest_env(bootstrap)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
