@@ -30,7 +30,7 @@ from typing import Any
 import faust
 from faust.streams import _current_event
 
-from processors import invoice_link, referral, referrer
+from processors import invoice_link, referral, referrer, windows
 from processors.app import WorkerConfig
 from processors.delivery import (
     H_DEST,
@@ -56,14 +56,6 @@ from schemas.stripe import StripeEvent, StripeParseError, parse_event
 log = logging.getLogger("refstream.worker")
 
 BATCH = 5000  # records per batch at most
-WITHIN = 0.1  # seconds a batch waits to fill up: each batch waits once for the broker's acks
-# A busy stream waits longer, up to BUSY_WITHIN: every batch costs the same fixed work
-# (produce requests, an ack wait, faust's acks and commits, the broker's share of all of
-# it), so at 500 webhooks/s 100 ms batches of ~50 records spent most of the worker's
-# CPU on it. The window grows with the last batch's size (WITHIN per BUSY_RECORDS
-# records), so a quiet stream keeps its 100 ms.
-BUSY_WITHIN = 0.3
-BUSY_RECORDS = 25
 # Behind by more than BACKLOG records, a batch waits up to BACKLOG_WITHIN to fill: large
 # batches cost less per record (fewer requests, one table write per key), and latency
 # does not matter while catching up. A caught-up partition keeps the short wait.
@@ -196,16 +188,11 @@ class Batch:
             self.cache.put(key, raw, env.marks, self.states[key])
 
 
-def batch_window(last_batch: int) -> float:
-    """How long the next batch waits to fill, from the size of the last one."""
-    return min(BUSY_WITHIN, max(WITHIN, WITHIN * last_batch / BUSY_RECORDS))
-
-
 async def take_batches(
     stream: faust.StreamT, behind: Callable[[faust.types.EventT], bool],
 ) -> AsyncIterator[list[faust.types.EventT]]:
-    """Like faust's `take_events(BATCH, WITHIN)`, with three differences: the wait grows
-    with the stream's load (`batch_window`), a batch whose last record is `behind` waits up
+    """Like faust's `take_events(BATCH, within)`, with three differences: the wait grows
+    with the stream's load (`windows.next_window`), a batch whose last record is `behind` waits up
     to BACKLOG_WITHIN to fill, and a batch is acknowledged
     only when the agent comes back for the next one, never when its processing raised
     (faust acks in a `finally`, which could let the offsets of a batch whose table
@@ -233,15 +220,15 @@ async def take_batches(
     stream.add_processor(add)
     stream._enable_passive(stream.channel.__aiter__())  # type: ignore[attr-defined]
     loop = asyncio.get_running_loop()
-    window = WITHIN
+    window = windows.QUIET_S
     while not stream.should_stop:  # type: ignore[attr-defined]
         await stream.wait_for_stopped(full, timeout=window)  # type: ignore[attr-defined]
         if events and not full.is_set() and behind(events[-1]):
             await stream.wait_for_stopped(full, timeout=BACKLOG_WITHIN - window)  # type: ignore[attr-defined]
         if not events:
-            window = WITHIN
+            window = windows.QUIET_S
             continue
-        window = batch_window(len(events))
+        window = windows.next_window(len(events))
         in_hand = loop.create_future()
         batch = list(events)
         yield batch

@@ -23,24 +23,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
+from processors import windows
 from processors.delivery import H_DEST, header
 
 log = logging.getLogger("refstream.worker.publisher")
 
 TRANSACTION_TIMEOUT_S = 30.0  # a transaction that has not committed by then is given up and redone
-COLLECT_S = 0.1  # how long the outbox is gathered into one transaction per partition
-# A busy outbox gathers longer, up to COLLECT_BUSY_S: a round costs one transaction per
-# partition with records (five requests, markers and a transaction-log write each) however
-# few records it holds. The window grows with the last round's size (COLLECT_S per
-# COLLECT_BUSY_RECORDS records), so a quiet outbox keeps its 100 ms.
-COLLECT_BUSY_S = 0.3
-COLLECT_BUSY_RECORDS = 25
 COLLECT_MAX = 10_000  # records per round at most
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0  # back-off when a partition cannot be taken over
-
-def collect_window(last_round: int) -> float:
-    """How long the next round gathers the outbox, from the size of the last one."""
-    return min(COLLECT_BUSY_S, max(COLLECT_S, COLLECT_S * last_round / COLLECT_BUSY_RECORDS))
 
 
 def command_id(value: bytes) -> str:
@@ -67,7 +57,7 @@ class Publisher(ConsumerRebalanceListener):
         self.published = 0
         self.dropped = 0
         self.adopt_failures = 0  # partitions that could not be taken over at the first try
-        self.window = COLLECT_S  # how long the next round gathers (collect_window)
+        self.window = windows.QUIET_S  # how long the next round gathers (windows.next_window)
         self.retrying: dict[int, asyncio.Task[None]] = {}
         # a rebalance waits for the transaction in flight: stopping its producer midway
         # would leave the commit waiting forever
@@ -215,7 +205,7 @@ class Publisher(ConsumerRebalanceListener):
     async def _collect(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list]:  # type: ignore[type-arg]
         """What the outbox holds, gathered for up to `self.window` after the first record: each
         transaction costs the broker and us five requests and a marker per partition, so
-        one per partition per COLLECT_S instead of one per fetch (which returns a few records
+        one per partition per window instead of one per fetch (which returns a few records
         under a steady flow)."""
         batch = await consumer.getmany(timeout_ms=50, max_records=COLLECT_MAX)
         if not batch:
@@ -227,7 +217,7 @@ class Publisher(ConsumerRebalanceListener):
             for tp, msgs in more.items():
                 batch.setdefault(tp, []).extend(msgs)
                 count += len(msgs)
-        self.window = collect_window(count)
+        self.window = windows.next_window(count)
         return batch
 
     async def _publish(self, consumer: AIOKafkaConsumer, tp: TopicPartition, msgs: list) -> None:  # type: ignore[type-arg]
