@@ -11,6 +11,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faust
 from mode import CrashingSupervisor
@@ -95,6 +96,15 @@ class StreamFlow(FlowControlEvent):
 # after its acks), so the limit only has to stay out of the way.
 PRODUCER_BUFFER_MAX = 20_000
 
+# faust's worker consumer long-polls each fetch for up to 1,500 ms (hard-coded). aiokafka
+# keeps one fetch in flight per broker, and leaves out of it the partitions whose last
+# fetched records the streams have not taken yet. Once taken, those partitions wait for
+# the fetch in flight to return: if it covers only quiet partitions (the control topic,
+# a stage without traffic, the changelogs), that is the whole long-poll. At 500
+# webhooks/s stripe-events records waited ~1.7 s that way (docs/pipeline.md). A short
+# long-poll bounds the wait; an idle worker sends ~10 empty fetch requests a second.
+FETCH_MAX_WAIT_MS = 100
+
 
 class WorkerApp(faust.App):
     @cached_property
@@ -104,6 +114,15 @@ class WorkerApp(faust.App):
     def _new_consumer(self) -> faust.types.ConsumerT:
         consumer = super()._new_consumer()
         handoff.install(consumer)
+        thread = consumer._thread  # type: ignore[attr-defined]
+        create_worker_consumer = thread._create_worker_consumer
+
+        def with_short_long_poll(transport: Any) -> Any:
+            kafka_consumer = create_worker_consumer(transport)
+            kafka_consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its fetcher at start
+            return kafka_consumer
+
+        thread._create_worker_consumer = with_short_long_poll
         return consumer
 
     def _new_producer(self) -> faust.types.ProducerT:

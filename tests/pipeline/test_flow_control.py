@@ -8,7 +8,7 @@ pipeline-level check is tests/pipeline/test_two_workers.py (webhooks during reba
 
 from __future__ import annotations
 
-from processors.app import StreamFlow, WorkerApp
+from processors.app import FETCH_MAX_WAIT_MS, StreamFlow, WorkerApp
 
 
 async def test_a_resume_of_flowing_queues_keeps_what_they_hold() -> None:
@@ -29,3 +29,11 @@ async def test_a_resume_after_a_rebalance_suspended_the_flow_still_clears() -> N
     queue.put_nowait("record of the previous assignment")
     app.flow_control.resume()
     assert queue.qsize() == 0
+
+
+async def test_the_worker_consumer_long_polls_briefly() -> None:
+    # a partition whose records the streams have just taken is fetched again only when the
+    # fetch in flight returns: faust's 1,500 ms long-poll left webhooks waiting that long
+    app = WorkerApp("flow-control-test", broker="kafka://127.0.0.1:1")
+    kafka_consumer = app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
+    assert kafka_consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS <= 100
