@@ -76,12 +76,14 @@ class Out:
 @dataclass(frozen=True, slots=True)
 class StageCodec:
     step: Callable[[Any, Any, Any], tuple[Any, list[Routed]]]
-    dumps: Callable[[Any], bytes]
+    dumps: Callable[..., bytes]
     loads: Callable[[bytes], Any]
+    # dumps(state, rows) reuses the encoded rows of what did not change (referrer.dumps)
+    reuses_rows: bool = False
 
 
-def _codec(module: Any) -> StageCodec:
-    return StageCodec(module.step, module.dumps, module.loads)
+def _codec(module: Any, reuses_rows: bool = False) -> StageCodec:
+    return StageCodec(module.step, module.dumps, module.loads, reuses_rows)
 
 
 @dataclass
@@ -110,6 +112,9 @@ class DecodedCache:
     def __init__(self, size: int = CACHE_KEYS) -> None:
         self.size = size
         self.entries: dict[str, tuple[bytes, dict[str, Any], Any]] = {}
+        # per key, what the stage's `dumps` may reuse next time (StageCodec.reuses_rows);
+        # dropped with the key's entry
+        self.rows: dict[str, dict[str, Any]] = {}
 
     def get(self, key: str, raw: bytes | None) -> tuple[dict[str, Any], Any] | None:
         entry = self.entries.pop(key, None)
@@ -123,7 +128,12 @@ class DecodedCache:
         entries.pop(key, None)
         entries[key] = (raw, dict(marks), state)
         if len(entries) > self.size:
-            del entries[next(iter(entries))]
+            oldest = next(iter(entries))
+            del entries[oldest]
+            self.rows.pop(oldest, None)
+
+    def rows_of(self, key: str) -> dict[str, Any]:
+        return self.rows.setdefault(key, {})
 
 
 class Batch:
@@ -177,7 +187,9 @@ class Batch:
         for key in self.dirty:
             assert self.stage is not None
             env = self.envelopes[key]
-            env.state = self.stage.dumps(self.states[key])
+            state = self.states[key]
+            env.state = (self.stage.dumps(state, self.cache.rows_of(key)) if self.stage.reuses_rows
+                         else self.stage.dumps(state))
             raw = dumps_envelope(env)
             # the table's changelog partition is the current event's: the key's own
             token = _current_event.set(weakref.ref(self.owner[key]))
@@ -273,7 +285,7 @@ class Pipeline:
         self.referrers = app.Table("referrers", **tables)
         self.customer_stage = _codec(referral)
         self.invoice_stage = _codec(invoice_link)
-        self.referrer_stage = _codec(referrer)
+        self.referrer_stage = _codec(referrer, reuses_rows=True)
         self.outputs = {"payouts": t.payouts, "notifications": t.notifications, "reviews": t.reviews}
         self.publisher = Publisher(
             bootstrap=cfg.settings.kafka_bootstrap, app_id=cfg.app_id, outbox=self.t_outbox,

@@ -663,18 +663,41 @@ def _refund_row(m: UnlinkedRefund) -> list[object]:
             m.created, m.event_id]
 
 
-def dumps(s: ReferrerState) -> bytes:
-    """The state as compact JSON (lists, not objects: it is stored once per referrer)."""
+def _referral_row(r: ReferralState) -> list[object]:
+    return [r.signed_up_at, r.rejected, r.purchase_bonus_granted, r.paid_any, r.gross,
+            {pid: [_STATUS.index(p.status), p.currency, p.reward, p.paid,
+                   {ch: [c.amount, c.amount_refunded, c.reversed] for ch, c in p.refunds.items()}
+                   if p.refunds else None]
+             for pid, p in r.payments.items()},
+            r.open_cases,
+            [[e.entry_id, e.payment_id, e.currency, e.amount, e.payable_at] for e in r.entries]]
+
+
+# What `dumps` may reuse: each referral's encoded row, by referral id, with the referral it
+# encodes. States are immutable and a step shares the referrals it did not touch with the
+# state before it, so a referral that is the very same object encodes to the same bytes.
+EncodedReferrals = dict[str, tuple[ReferralState, orjson.Fragment]]
+
+
+def dumps(s: ReferrerState, encoded: EncodedReferrals | None = None) -> bytes:
+    """The state as compact JSON (lists, not objects: it is stored once per referrer).
+
+    With `encoded` (kept by the caller for this referrer between calls, updated here),
+    only the referrals that changed since the last call are encoded again: a step touches
+    one or two referrals of a referrer that may have hundreds. The bytes are the same
+    either way."""
+    if encoded is None:
+        referrals: dict[str, object] = {rid: _referral_row(r) for rid, r in s.referrals.items()}
+    else:
+        referrals = {}
+        for rid, r in s.referrals.items():
+            known = encoded.get(rid)
+            if known is None or known[0] is not r:
+                known = encoded[rid] = (r, orjson.Fragment(orjson.dumps(_referral_row(r))))
+            referrals[rid] = known[1]
     return orjson.dumps([
         s.ucc,
-        {rid: [r.signed_up_at, r.rejected, r.purchase_bonus_granted, r.paid_any, r.gross,
-               {pid: [_STATUS.index(p.status), p.currency, p.reward, p.paid,
-                      {ch: [c.amount, c.amount_refunded, c.reversed] for ch, c in p.refunds.items()}
-                      if p.refunds else None]
-                for pid, p in r.payments.items()},
-               r.open_cases,
-               [[e.entry_id, e.payment_id, e.currency, e.amount, e.payable_at] for e in r.entries]]
-         for rid, r in s.referrals.items()},
+        referrals,
         s.earned, s.reversed, s.paid,
         {cid: [c.kind, c.referral_id, c.status, _payment_row(c.held) if c.held else None,
                _refund_row(c.refund) if c.refund else None, c.reversed]
