@@ -19,6 +19,7 @@ from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
 from processors import handoff
+from processors.windows import FETCH_MAX_WAIT_MS
 from refstream.settings import Settings
 from schemas.rules import Rules, load_rules
 from schemas.topics import DEFAULT_PARTITIONS, Topics
@@ -95,15 +96,6 @@ class StreamFlow(FlowControlEvent):
 # the customer stage too. The agents already bound what they write (one batch,
 # after its acks), so the limit only has to stay out of the way.
 PRODUCER_BUFFER_MAX = 20_000
-
-# faust's worker consumer long-polls each fetch for up to 1,500 ms (hard-coded). aiokafka
-# keeps one fetch in flight per broker, and leaves out of it the partitions whose last
-# fetched records the streams have not taken yet. Once taken, those partitions wait for
-# the fetch in flight to return: if it covers only quiet partitions (the control topic,
-# a stage without traffic, the changelogs), that is the whole long-poll. At 500
-# webhooks/s stripe-events records waited ~1.7 s that way (docs/pipeline.md). A short
-# long-poll bounds the wait; an idle worker sends ~10 empty fetch requests a second.
-FETCH_MAX_WAIT_MS = 100
 
 
 class WorkerApp(faust.App):

@@ -183,6 +183,7 @@ class Publisher(ConsumerRebalanceListener):
             session_timeout_ms=10000,
             heartbeat_interval_ms=1000,
             max_poll_records=2000,
+            fetch_max_wait_ms=windows.FETCH_MAX_WAIT_MS,
         )
         self.consumer = consumer
         await consumer.start()

@@ -1,5 +1,5 @@
-"""How long the worker gathers records before it processes them: an agent's batch, or a
-publisher round.
+"""How long the worker waits for records: the batch an agent gathers, a publisher round, a
+fetch at the broker.
 
 Every batch and every round costs the same fixed work however few records it holds
 (produce requests and an ack wait, faust's acks and commits; for the publisher one
@@ -19,3 +19,14 @@ BUSY_RECORDS = 25
 def next_window(last_count: int) -> float:
     """Seconds the next batch or round gathers, from how many records the last one held."""
     return min(BUSY_S, max(QUIET_S, QUIET_S * last_count / BUSY_RECORDS))
+
+
+# How long a fetch may wait at the broker for records (the consumer's long-poll): faust's
+# worker consumer hard-codes 1,500 ms, aiokafka's default is 500 ms. aiokafka keeps one
+# fetch in flight per broker, and leaves out of it the partitions whose last fetched
+# records have not been taken yet. Once taken, those partitions wait for the fetch in
+# flight to return: if it covers only quiet partitions (the control topic, a stage
+# without traffic, the changelogs), that is the whole long-poll. At 500 webhooks/s
+# stripe-events records waited ~1.7 s that way (docs/pipeline.md). A short long-poll
+# bounds the wait; an idle consumer sends ~10 empty fetch requests a second.
+FETCH_MAX_WAIT_MS = 100
