@@ -19,7 +19,7 @@ from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
 from processors import handoff
-from processors.windows import FETCH_MAX_WAIT_MS
+from processors.windows import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 from refstream.settings import Settings
 from schemas.rules import Rules, load_rules
 from schemas.topics import DEFAULT_PARTITIONS, Topics
@@ -111,7 +111,9 @@ class WorkerApp(faust.App):
 
         def with_short_long_poll(transport: Any) -> Any:
             kafka_consumer = create_worker_consumer(transport)
-            kafka_consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its fetcher at start
+            # both read by its fetcher when it starts
+            kafka_consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+            kafka_consumer._fetch_min_bytes = FETCH_MIN_BYTES
             return kafka_consumer
 
         thread._create_worker_consumer = with_short_long_poll

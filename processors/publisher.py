@@ -184,6 +184,7 @@ class Publisher(ConsumerRebalanceListener):
             heartbeat_interval_ms=1000,
             max_poll_records=2000,
             fetch_max_wait_ms=windows.FETCH_MAX_WAIT_MS,
+            fetch_min_bytes=windows.FETCH_MIN_BYTES,
         )
         self.consumer = consumer
         await consumer.start()

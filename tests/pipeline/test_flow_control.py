@@ -8,7 +8,8 @@ pipeline-level check is tests/pipeline/test_two_workers.py (webhooks during reba
 
 from __future__ import annotations
 
-from processors.app import FETCH_MAX_WAIT_MS, StreamFlow, WorkerApp
+from processors.app import StreamFlow, WorkerApp
+from processors.windows import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 
 
 async def test_a_resume_of_flowing_queues_keeps_what_they_hold() -> None:
@@ -37,3 +38,5 @@ async def test_the_worker_consumer_long_polls_briefly() -> None:
     app = WorkerApp("flow-control-test", broker="kafka://127.0.0.1:1")
     kafka_consumer = app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
     assert kafka_consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS <= 100
+    # and waits for more than one record, up to that bound
+    assert kafka_consumer._fetch_min_bytes == FETCH_MIN_BYTES > 1
