@@ -119,6 +119,7 @@ class DecodedCache:
     def get(self, key: str, raw: bytes | None) -> tuple[dict[str, Any], Any] | None:
         entry = self.entries.pop(key, None)
         if entry is None or raw is None or entry[0] != raw:
+            self.rows.pop(key, None)  # what it encoded was another state's
             return None
         self.entries[key] = entry  # most recently used last
         return dict(entry[1]), entry[2]

@@ -109,14 +109,14 @@ class WorkerApp(faust.App):
         thread = consumer._thread  # type: ignore[attr-defined]
         create_worker_consumer = thread._create_worker_consumer
 
-        def with_short_long_poll(transport: Any) -> Any:
+        def with_our_fetch_waits(transport: Any) -> Any:
             kafka_consumer = create_worker_consumer(transport)
             # both read by its fetcher when it starts
             kafka_consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
             kafka_consumer._fetch_min_bytes = FETCH_MIN_BYTES
             return kafka_consumer
 
-        thread._create_worker_consumer = with_short_long_poll
+        thread._create_worker_consumer = with_our_fetch_waits
         return consumer
 
     def _new_producer(self) -> faust.types.ProducerT:
