@@ -384,6 +384,9 @@ async def main() -> int:
     ap.add_argument("--profile-latency", type=Path, default=None,
                     help="Sample the worker with py-spy during the latency run (its steady state) "
                          "and write collapsed stacks to this file.")
+    ap.add_argument("--trace-fetches", type=Path, default=None,
+                    help="Trace the latency-run worker's Kafka fetches into this directory and print "
+                         "where records waited (bench/fetch_trace.py).")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="refstream-bench-pipeline-"))
@@ -467,9 +470,15 @@ async def main() -> int:
         subprocess.run([REFSTREAM, "topics", "create", "--prefix", prefix, "--env", "sandbox",
                         "--partitions", str(PARTITIONS)], env=env, check=True, capture_output=True)
         web = free_port()
+        command, worker_env = [REFSTREAM], env
+        if args.trace_fetches is not None:
+            args.trace_fetches.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-c", "from bench.fetch_trace import run; run()"]
+            worker_env = {**env, "PYTHONPATH": str(ROOT),
+                          "REFSTREAM_BENCH_FETCH_TRACE_DIR": str(args.trace_fetches.resolve())}
         with (tmp / "worker-2.log").open("wb") as log:
-            worker = subprocess.Popen([REFSTREAM, "worker", "--web-port", str(web), "--topic-prefix", prefix],
-                                      env=env, stdout=log, stderr=subprocess.STDOUT)
+            worker = subprocess.Popen([*command, "worker", "--web-port", str(web), "--topic-prefix", prefix],
+                                      env=worker_env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(worker)
         await wait_http(f"http://127.0.0.1:{web}/readyz", worker, 120)
 
@@ -528,6 +537,12 @@ async def main() -> int:
         print("  hops (ms): " + "; ".join(f"{k} p50 {v['p50']} p99 {v['p99']}"  # type: ignore[index]
                                         for k, v in lat["hops_ms"].items()))  # type: ignore[attr-defined]
         result["latency"] = lat
+        if args.trace_fetches is not None:
+            from bench.fetch_trace import summary
+
+            trace = args.trace_fetches / f"fetch-{worker.pid}.tsv"
+            print(f"fetch trace {trace} (after the warm-up):")
+            print(summary(str(trace), skip=args.warmup_s / (args.warmup_s + args.seconds)))
     finally:
         for p in procs:
             if p.poll() is None:
