@@ -128,6 +128,7 @@ class _Batcher:
         self._open: dict[tuple[str, int], _OpenBatch] = {}
         self._in_flight: dict[tuple[str, int], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     async def partitions(self, topic: str, ttl_s: float) -> list[int]:
         known = self._partitions.get(topic)
@@ -160,16 +161,23 @@ class _Batcher:
 
     def _start(self, tp: tuple[str, int]) -> _OpenBatch:
         batch = self._open[tp] = _OpenBatch(self._producer.create_batch())
-        asyncio.get_running_loop().call_later(self._linger_s, self._lingered, tp, batch)
+        if self._linger_timer is None:
+            self._linger_timer = asyncio.get_running_loop().call_later(self._linger_s, self._lingered)
         return batch
 
-    def _lingered(self, tp: tuple[str, int], batch: _OpenBatch) -> None:
-        if self._open.get(tp) is not batch:
-            return  # already sent (it filled up)
-        if self._in_flight.get(tp):
-            batch.due = True  # goes when the one in flight is confirmed
-        else:
-            self._hand_over(tp, batch)
+    def _lingered(self) -> None:
+        # One linger for all partitions, not one per batch: the batches handed over
+        # together leave in one produce request. With a timer per batch, at a few hundred
+        # webhooks a second (a record or two per partition and linger) nearly every
+        # webhook went to the broker in a request of its own.
+        self._linger_timer = None
+        for tp, batch in list(self._open.items()):
+            if batch.due:
+                continue
+            if self._in_flight.get(tp):
+                batch.due = True  # goes when the one in flight is confirmed
+            else:
+                self._hand_over(tp, batch)
 
     def _hand_over(self, tp: tuple[str, int], batch: _OpenBatch) -> None:
         if self._open.get(tp) is batch:
