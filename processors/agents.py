@@ -279,8 +279,9 @@ class Pipeline:
         self.outbox = app.topic(self.t_outbox, **internal)
         self.control_in = app.topic(t.control, partitions=1, **raw)
         tables = {"partitions": n, "key_type": bytes, "value_type": bytes}
-        # SPEC §9: per customer of a referral (attribution, subscription snapshots, links),
-        # per invoice (its charge), per referrer (referrals, ledger, cases)
+        # Tables (docs/design.md#stages): per customer of a referral (attribution,
+        # subscription snapshots, links), per invoice (its charge), per referrer (referrals,
+        # ledger, cases)
         self.referrals = app.Table("referrals", **tables)
         self.invoice_links = app.Table("invoice-links", **tables)
         self.referrers = app.Table("referrers", **tables)

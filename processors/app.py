@@ -56,7 +56,7 @@ class WorkerConfig:
 def config_from_env(
     *, web_port: int = 6066, topic_prefix: str = "refstream", partitions: int = DEFAULT_PARTITIONS,
 ) -> WorkerConfig:
-    """Settings from the environment (SPEC §13), rules from REFSTREAM_RULES."""
+    """Settings from the environment (docs/cli.md#configuration), rules from REFSTREAM_RULES."""
     settings = Settings.from_env()
     rules = load_rules(settings.rules_path or DEFAULT_RULES)
     token = os.environ.get("REFSTREAM_WEB_TOKEN", "").strip() or None

@@ -1,7 +1,7 @@
 """The dedupe stage before the output topics: outbox → payouts/notifications/reviews.
 
-The referrer stage writes every SPEC §8 record to an internal outbox topic (key = ucc),
-at least once. This publisher copies the outbox to the output topics with Kafka
+The referrer stage writes every output record (docs/cli.md#output-records) to an internal
+outbox topic (key = ucc), at least once. This publisher copies the outbox to the output topics with Kafka
 transactions of its own (aiokafka, not Faust's): one transactional producer per outbox
 partition (`<app id>-publisher-<p>`, so a restarted or new owner fences the old one and
 aborts its open transaction), and each transaction holds the output records *and* the
@@ -38,7 +38,7 @@ def command_id(value: bytes) -> str:
     for name in ("payout_id", "notification_id", "case_id"):
         if name in doc:
             return str(doc[name])
-    raise ValueError("not a SPEC §8 record")
+    raise ValueError("not an output record: no payout_id, notification_id or case_id")
 
 
 class Publisher(ConsumerRebalanceListener):

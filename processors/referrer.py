@@ -1,9 +1,10 @@
 """Stage "referrer" (key: ucc): referrals, bonuses, caps, rewards, reversals, review cases,
-the ledger per currency and payout runs (SPEC §3–§8).
+the ledger per currency and payout runs (docs/rules.md).
 
 One `step` folds one message (a domain event from stage "customer", a payout run or a
-review decision) into the referrer's frozen state and returns the SPEC §8 records it
-caused. Every id is `fact_id(...)` of the facts, so the same history gives the same ids.
+review decision) into the referrer's frozen state and returns the output records it
+caused (docs/cli.md#output-records). Every id is `fact_id(...)` of the facts, so the same
+history gives the same ids.
 """
 
 from __future__ import annotations

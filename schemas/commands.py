@@ -1,4 +1,4 @@
-"""The output records of SPEC §8: payouts, notifications, review cases.
+"""The output records: payouts, notifications, review cases (docs/cli.md#output-records).
 
 Every id is a pure function of the facts it stands for (`fact_id`), so a replayed or
 retried command carries the same id and a consumer can drop duplicates.
@@ -14,14 +14,14 @@ import orjson
 
 from schemas.frozen import fast_init
 
-# Notification kinds (SPEC §8)
+# Notification kinds (docs/cli.md#output-records)
 NEW_SIGNUP = "new_signup"
 REWARD_EARNED = "reward_earned"
 REWARD_REVERSED = "reward_reversed"
 RECURRING_REWARDS_CANCELLED = "recurring_rewards_cancelled"
 PAYOUT_CREATED = "payout_created"
 
-# Review case kinds (SPEC §6)
+# Review case kinds (docs/rules.md#review-cases)
 ATTRIBUTION_CONFLICT = "attribution_conflict"
 LATE_ATTRIBUTION = "late_attribution"
 UNSUPPORTED_CURRENCY = "unsupported_currency"
@@ -91,7 +91,7 @@ _FLAT: dict[type[Any], tuple[str, ...]] = {
 
 
 def encode(command: Command) -> bytes:
-    """JSON bytes with exactly the SPEC §8 fields (keys sorted, so bytes are stable)."""
+    """JSON bytes with exactly the documented fields (keys sorted, so bytes are stable)."""
     names = _FLAT.get(type(command))
     doc = asdict(command) if names is None else {name: getattr(command, name) for name in names}
     return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)

@@ -1,4 +1,7 @@
-"""Records of the control topic: payout runs and review decisions (SPEC §6, §7)."""
+"""Records of the control topic: payout runs and review decisions.
+
+See docs/rules.md#holding-and-payouts and docs/rules.md#review-cases.
+"""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ VERSION = 1
 @fast_init
 @dataclass(frozen=True, slots=True)
 class Signup:
-    """A customer attributed to `ucc`: the referral's signup (SPEC §3)."""
+    """A customer attributed to `ucc`: the referral's signup (docs/rules.md#attribution)."""
 
     ucc: str
     referral_id: str
@@ -67,7 +67,7 @@ class Refund:
 @fast_init
 @dataclass(frozen=True, slots=True)
 class UnlinkedRefund:
-    """A refunded charge that no known payment links to (SPEC §5)."""
+    """A refunded charge that no known payment links to (docs/rules.md#refunds-cancellation-and-deletion)."""
 
     ucc: str
     referral_id: str
@@ -94,7 +94,7 @@ class SubscriptionEnded:
 @fast_init
 @dataclass(frozen=True, slots=True)
 class AttributionConflict:
-    """A later event names another referrer for an attributed customer (SPEC §3)."""
+    """A later event names another referrer for an attributed customer (docs/rules.md#attribution)."""
 
     ucc: str  # the referrer that keeps the attribution
     referral_id: str

@@ -1,4 +1,4 @@
-"""The rules file (SPEC §10): TOML, versioned; loaded, validated, mistakes explained.
+"""The rules file (docs/rules.md#the-rules-file): TOML, versioned; loaded, validated, mistakes explained.
 
 `parse_rules` raises `RulesError` naming the first mistake with its line and field, so
 `refstream rules check FILE` can tell an operator exactly what to fix.
@@ -122,7 +122,8 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
     if not isinstance(campaign, dict):
         raise RulesError(
             "the [campaign] table is missing. Add it with at least `revision`, `currency` "
-            "and `reward_percent` (see SPEC §10).", source=source, line=None, field="campaign",
+            "and `reward_percent` (see docs/rules.md#the-rules-file).",
+            source=source, line=None, field="campaign",
         )
     for key in campaign:
         if key not in CAMPAIGN_KEYS:

@@ -1,4 +1,4 @@
-"""Typed, frozen records for the Stripe objects the reward rules read (SPEC §2).
+"""Typed, frozen records for the Stripe objects the reward rules read (docs/rules.md#stripe-input).
 
 `parse_event(raw)` reads a verified webhook body with orjson and keeps only what the rules
 need. Both API shapes are read: before 2025-03-31 (`charge.invoice`, `invoice.charge`,
@@ -17,7 +17,7 @@ import orjson
 
 from schemas.frozen import fast_init
 
-# Event types the rules read (SPEC §2); ingest writes these and answers 200 to the rest.
+# Event types the rules read (docs/rules.md#stripe-input); ingest writes these and answers 200 to the rest.
 CUSTOMER_TYPES = frozenset({"customer.created", "customer.updated", "customer.deleted"})
 SUBSCRIPTION_TYPES = frozenset({
     "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
@@ -43,7 +43,7 @@ class Customer:
     id: str
     created: int | None  # absent on the bare `deleted_customer` object
     deleted: bool
-    # metadata, trimmed; empty counts as missing (SPEC §3)
+    # metadata, trimmed; empty counts as missing (docs/rules.md#attribution)
     ucc: str | None
     new_user_id: str | None
     organization_id: str | None
@@ -99,7 +99,7 @@ class Charge:
     amount: int
     amount_refunded: int
     invoice: str | None
-    one_off: bool  # an explicit `"invoice": null` (SPEC §4); absent (2025-03-31+) is unknown
+    one_off: bool  # an explicit `"invoice": null` (docs/rules.md#rewards); absent (2025-03-31+) is unknown
     payment_intent: str | None
 
 

@@ -1,4 +1,4 @@
-"""Topic names per environment, partition counts and configs (SPEC §1).
+"""Topic names per environment, partition counts and configs (docs/design.md#topics-and-keys).
 
 Every stage and every test derives names from here, so sandbox and production can never
 share a topic, and a test can run the whole system under a private prefix.
@@ -80,7 +80,7 @@ class Topics:
         ]
 
 
-# Header names on every stripe-events record (SPEC §2).
+# Header names on every stripe-events record (docs/design.md#topics-and-keys).
 H_EVENT_ID = "refstream-event-id"
 H_EVENT_TYPE = "refstream-event-type"
 H_ENV = "refstream-env"
