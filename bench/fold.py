@@ -54,7 +54,7 @@ from schemas.rules import parse_rules
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# SPEC §10's rules, with euros configured too; pounds stay unconfigured (review cases)
+# examples/rules.toml's rules, with euros configured too; pounds stay unconfigured (review cases)
 RULES = """
 [campaign]
 revision = 3

@@ -1,4 +1,4 @@
-"""Sample Stripe webhook bodies: SPEC §12's worked example and a realistic programme.
+"""Sample Stripe webhook bodies: the worked example of docs/rules.md and a realistic programme.
 
 Used by `refstream demo`, the pipeline tests and the pipeline benchmark. Every body is
 what Stripe would send (both API shapes: before and after 2025-03-31), deterministic for
@@ -88,7 +88,8 @@ def subscription_deleted(event_id: str, sub: str, cus: str, created: int, *, at:
 
 
 def worked_example() -> list[bytes]:
-    """SPEC §12: cus_A referred by ucc_X; an invoice (delivered twice), half refunded (twice)."""
+    """The worked example (docs/rules.md#worked-example): cus_A referred by ucc_X;
+    an invoice (delivered twice), half refunded (twice)."""
     jan10 = ts("2026-01-10")
     return [
         customer("evt_demo_cus_A", "cus_A", jan10, ucc="ucc_X", user="u1"),
@@ -159,7 +160,7 @@ def programme(p: Programme = Programme()) -> Iterator[bytes]:
 
 
 def customer_of(body: bytes) -> str:
-    """The log key ingest would give the body (SPEC §2)."""
+    """The log key ingest would give the body (docs/design.md#topics-and-keys)."""
     obj = orjson.loads(body)["data"]["object"]
     if obj.get("object") == "customer":
         return str(obj["id"])

@@ -1,4 +1,4 @@
-"""`refstream`: the one operator command (SPEC §13).
+"""`refstream`: the one operator command (docs/cli.md).
 
 Each subcommand lives in its own module under `refstream/commands/`, so the command tree
 reads like the table in the spec and each piece can change on its own.

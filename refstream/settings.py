@@ -1,4 +1,4 @@
-"""Configuration from the environment (SPEC §13); a `.env` file may set the same names."""
+"""Configuration from the environment (docs/cli.md#configuration); a `.env` file may set the same names."""
 
 from __future__ import annotations
 

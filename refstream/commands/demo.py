@@ -1,6 +1,6 @@
 """`refstream demo`: signed sample webhooks to a running ingest, then what came out.
 
-Sends SPEC §12's worked example and a small programme (projections/demo.py), signed with
+Sends the worked example of docs/rules.md and a small programme (projections/demo.py), signed with
 the configured sandbox secret; waits for the worker to fold them; prints the referrer
 tables (from the worker's web API), the commands on the output topics (read_committed)
 and the result of a payout run as of 2026-02-15.
@@ -134,7 +134,7 @@ async def _demo(ingest_url: str, worker_url: str, timeout_s: float, topic_prefix
     folded = [r for b in bodies for r in engine.feed_stripe(b)]
     uccs = sorted({r.record.ucc for r in folded})
 
-    click.echo(f"Sending {len(bodies)} signed webhooks to {ingest_url} (SPEC §12's worked example for "
+    click.echo(f"Sending {len(bodies)} signed webhooks to {ingest_url} (docs/rules.md's worked example for "
                f"ucc_X, and {len(uccs) - 1} more referrers; some delivered twice, as Stripe does)…")
     answers = await _post_all(ingest_url, bodies, secrets[0])
     click.echo("  ingest answered: " + ", ".join(f"{n} × {status}" for status, n in sorted(answers.items())))
@@ -183,7 +183,7 @@ async def _demo(ingest_url: str, worker_url: str, timeout_s: float, topic_prefix
     for c in outputs:
         if isinstance(c, commands.PayoutCommand) and c.run_id == run.run_id:
             _print_command(c)
-    click.echo("  (ucc_X is SPEC §12: 500 + 2,500 + 1,000 − 1,250 = 27.50 USD)")
+    click.echo("  (ucc_X is the worked example of docs/rules.md: 500 + 2,500 + 1,000 − 1,250 = 27.50 USD)")
     click.echo("\nTry: refstream review list · refstream payouts run --as-of 2026-03-01T00:00:00Z · "
                f"curl {worker_url}/referrers/ucc_X")
 

@@ -1,4 +1,4 @@
-"""`refstream export` (SPEC §11): the stripe-events and control logs to JSONL(.gz).
+"""`refstream export` (docs/replay.md): the stripe-events and control logs to JSONL(.gz).
 
 Read-only against Kafka (no consumer group, no commits). The stored bytes are kept
 exactly, so a signature re-verification or a re-parse later sees what Stripe sent.

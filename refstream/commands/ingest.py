@@ -1,4 +1,4 @@
-"""`refstream ingest [--host 127.0.0.1] [--port 8080]`: the webhook service (SPEC §2, §13)."""
+"""`refstream ingest [--host 127.0.0.1] [--port 8080]`: the webhook service (docs/ingest.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`refstream payouts run --as-of TS [--run-id ID]`: append a payout run (SPEC §7, §13)."""
+"""`refstream payouts run --as-of TS [--run-id ID]`: append a payout run (docs/cli.md#payouts-run)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from schemas.topics import Topics
 
 
 def parse_ts(text: str) -> int:
-    """ISO 8601 with an offset, or Unix seconds (SPEC §13) → Unix seconds."""
+    """ISO 8601 with an offset, or Unix seconds (docs/cli.md#timestamps) → Unix seconds."""
     raw = text.strip()
     if raw.lstrip("-").isdigit():
         return int(raw)

@@ -1,4 +1,4 @@
-"""`refstream replay` (SPEC §11): recompute rewards from the log under any rules.
+"""`refstream replay` (docs/replay.md): recompute rewards from the log under any rules.
 
 Reads from Kafka (read-only: no consumer group, no commits) or from an export file, and
 never writes to Kafka. Every mistake an analyst can make ends with one clear message and
@@ -17,7 +17,7 @@ from schemas.rules import Rules, RulesError, load_rules
 
 
 def parse_ts(value: str) -> int:
-    """A command-line TS (SPEC §13): ISO 8601 with an offset, or Unix seconds."""
+    """A command-line TS (docs/cli.md#timestamps): ISO 8601 with an offset, or Unix seconds."""
     text = value.strip()
     try:
         return int(text)
@@ -87,7 +87,7 @@ def write_out(data: str | bytes, out: Path | None) -> None:
 
 @click.command(name="replay")
 @click.option("--rules", "rules_path", required=True, type=click.Path(path_type=Path),
-              help="Rules file (TOML, SPEC §10) to fold the log with.")
+              help="Rules file (TOML, see docs/rules.md) to fold the log with.")
 @click.option("--source", default="kafka", show_default=True, metavar="kafka|FILE",
               help="`kafka` (REFSTREAM_KAFKA_BOOTSTRAP, REFSTREAM_ENV) or a file written by "
                    "`refstream export` (.jsonl or .jsonl.gz).")

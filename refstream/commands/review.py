@@ -1,6 +1,6 @@
 """`refstream review list` / `refstream review resolve CASE --approve|--reject --reason TEXT`.
 
-Review cases live on the reviews topic (SPEC §6, §8); decisions are control records. The
+Review cases live on the reviews topic (docs/rules.md#review-cases); decisions are control records. The
 list is the cases without a decision on the control topic; `resolve` looks the case's ucc
 up on the reviews topic, so the decision reaches the partition that owns that referrer.
 """
@@ -93,7 +93,7 @@ def _when(t: int) -> str:
 
 @click.group(name="review")
 def review() -> None:
-    """The review queue: cases the automation paused on (SPEC §6)."""
+    """The review queue: cases the automation paused on (docs/rules.md#review-cases)."""
 
 
 @review.command(name="list")

@@ -1,4 +1,4 @@
-"""`refstream rules check FILE` (SPEC §10, §13): validate a rules file before using it."""
+"""`refstream rules check FILE` (docs/rules.md#the-rules-file): validate a rules file before using it."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def describe(rules: Rules) -> str:
 
 @click.group(name="rules")
 def rules() -> None:
-    """Reward rules files (SPEC §10)."""
+    """Reward rules files (format: docs/rules.md#the-rules-file)."""
 
 
 @rules.command(name="check")

@@ -1,4 +1,5 @@
-"""`refstream topics create`: the topics of SPEC §1 with their partitions and configs.
+"""`refstream topics create`: the topics of docs/design.md#topics-and-keys with their
+partitions and configs.
 
 Idempotent: a topic that already exists is left as it is (and reported, with a note when
 its partition count differs from the spec). Replication follows the cluster: factor
@@ -149,7 +150,10 @@ def topics() -> None:
 @click.option("--prefix", default="refstream", show_default=True, hidden=True,
               help="Topic name prefix (tests use a private one).")
 def create(envs: tuple[str, ...], partitions: int, replication_factor: int | None, prefix: str) -> None:
-    """Create the topics (SPEC §1); existing ones are left alone, so running it twice is harmless."""
+    """Create the topics; existing ones are left alone, so running it twice is harmless.
+
+    Names, partitions and retention: docs/design.md#topics-and-keys.
+    """
     # aiokafka logs each failed connection attempt; the one error below says it all
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:

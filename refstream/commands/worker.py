@@ -1,4 +1,4 @@
-"""`refstream worker [--web-port 6066]`: a Faust worker for one environment (SPEC §13)."""
+"""`refstream worker [--web-port 6066]`: a Faust worker for one environment (docs/pipeline.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The worker's web API: bound to 127.0.0.1 by default, every route behind the bearer
 token when one is set, nothing readable around it, and no HTTP way to start a payout run
-(the control topic is the only one, SPEC §7)."""
+(the control topic is the only one, docs/rules.md#holding-and-payouts)."""
 
 from __future__ import annotations
 

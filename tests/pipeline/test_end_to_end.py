@@ -30,7 +30,7 @@ async def test_duplicated_and_shuffled_webhooks_give_the_engines_commands_with_t
     got = await stack.assert_outputs_match_engine()
     payouts = of_kind(got, PayoutCommand)
     assert payouts, "the run paid nobody"
-    # SPEC §12 inside the mix: ucc_X is paid 500 + 2500 + 1000 − 1250
+    # the worked example (docs/rules.md#worked-example) inside the mix: ucc_X is paid 500 + 2500 + 1000 − 1250
     assert [(p.ucc, p.amount, p.currency) for p in payouts if p.ucc == "ucc_X"] == [("ucc_X", 2750, "usd")]
     status, summary = await stack.get_json(worker, "/referrers/ucc_X?as_of=1771113600")
     assert status == 200

@@ -1,5 +1,5 @@
 """Review flow: a case opens, the referral's payout is withheld, approval releases it on
-the next run, and deciding the case again changes nothing (SPEC §6, §7)."""
+the next run, and deciding the case again changes nothing (docs/rules.md#review-cases)."""
 
 from __future__ import annotations
 

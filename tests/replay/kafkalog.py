@@ -29,7 +29,7 @@ class Stored:
 
 def stripe_record(body: bytes, *, customer: str, event_id: str, event_type: str, timestamp_ms: int,
                   env: str = "sandbox") -> Stored:
-    """A stripe-events record as ingest stores it (SPEC §2): key = customer, value = raw body."""
+    """A stripe-events record as ingest stores it (docs/design.md): key = customer, value = raw body."""
     headers = [
         (H_EVENT_ID, event_id.encode()),
         (H_EVENT_TYPE, event_type.encode()),

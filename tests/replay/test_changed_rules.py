@@ -1,4 +1,4 @@
-"""Replay under changed rules gives the hand-computed results of a small scenario (SPEC §4).
+"""Replay under changed rules gives the hand-computed results of a small scenario (docs/rules.md#rewards).
 
 The scenario is in scenario.py. Current rules: 25 % for 12 months, signup bonus 5.00,
 purchase bonus 10.00, cap 100.00 per referral, hold 30 days. Proposed: 30 % for 6 months,

@@ -1,4 +1,4 @@
-"""Unit-test helpers: an Engine under the SPEC §10 rules, and output filters."""
+"""Unit-test helpers: an Engine under examples/rules.toml's rules, and output filters."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def rules() -> Rules:
 
 
 def make_rules(**campaign: object) -> Rules:
-    """The SPEC §10 rules with some campaign keys (or `currency_<code>` tables) replaced."""
+    """The examples/rules.toml rules with some campaign keys (or `currency_<code>` tables) replaced."""
     base = {"revision": 3, "currency": '"usd"', "reward_percent": 25, "reward_months": 12,
             "hold_days": 30, "late_attribution_days": 30, "organization_level": "false",
             "reward_one_off_charges": "false"}

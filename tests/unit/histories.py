@@ -3,9 +3,9 @@
 Coherent means what Stripe could send, in time order: the customer is created (with its
 attribution, or attributed by a later update, or never), subscription snapshots, paid
 invoices (monthly or annual, either API shape, linked to their charge in any of the ways
-SPEC §5 lists), cumulative partial refunds, one-off charges, a cancellation after the last
-invoice and a deletion at the end. Every event carries the customer's metadata as it was
-at that time, as Stripe does. The tests then shuffle, duplicate and interleave them.
+docs/rules.md lists), cumulative partial refunds, one-off charges, a cancellation after
+the last invoice and a deletion at the end. Every event carries the customer's metadata as
+it was at that time, as Stripe does. The tests then shuffle, duplicate and interleave them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC §3: attribution, referral ids, the signup. Rules as in SPEC §10 unless stated."""
+"""Attribution, referral ids, the signup (docs/rules.md#attribution). Rules: examples/rules.toml."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SPEC §7: holding, payout runs, minimum payout, negative carry-over, idempotent run ids."""
+"""docs/rules.md#holding-and-payouts: holding, payout runs, minimum payout,
+negative carry-over, idempotent run ids."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 - Duplicates: delivering any events again, any number of times, changes no output record
   and no total.
 - Reordering: any permutation of one customer's events gives the same earned and reversed
-  totals per referrer and currency. Order-dependent outcomes, as SPEC §3/§5 make them and
+  totals per referrer and currency. Order-dependent outcomes, as docs/rules.md makes them and
   docs/rules.md lists them, are stated where they apply: with an attribution conflict the
   first-seen referrer gets the referral (totals move as a whole); a refund before its link
   opens an unlinked_refund case (so review cases and the payable amount may differ, never

@@ -1,4 +1,4 @@
-"""The records that cross process boundaries encode and decode exactly (SPEC §8, control
+"""The records that cross process boundaries encode and decode exactly (docs/cli.md#output-records, control
 topic, internal stage topics), and bad bytes are refused with a reason."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""SPEC §5: cumulative reversals, every way a charge links to its invoice, unlinked refunds,
-subscription cancellation and deletion. Amounts computed by hand."""
+"""docs/rules.md#refunds-cancellation-and-deletion: cumulative reversals, every way a
+charge links to its invoice, unlinked refunds, subscription cancellation and
+deletion. Amounts computed by hand."""
 
 from __future__ import annotations
 

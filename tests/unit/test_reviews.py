@@ -1,5 +1,5 @@
-"""SPEC §6: every review case kind pauses the referral; approve releases, reject voids;
-deciding twice changes nothing. Amounts computed by hand (rules as SPEC §10)."""
+"""docs/rules.md#review-cases: every review case kind pauses the referral; approve releases, reject voids;
+deciding twice changes nothing. Amounts computed by hand (rules: examples/rules.toml)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §4: base, eligibility, rounding, caps, bonuses, instalments, late attribution,
+"""docs/rules.md#rewards: base, eligibility, rounding, caps, bonuses, instalments, late attribution,
 one-off charges, unsupported currencies and large rewards — amounts computed by hand."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC §12: the worked example, amount by amount."""
+"""The worked example of docs/rules.md#worked-example, amount by amount."""
 
 from __future__ import annotations
 
