@@ -1,7 +1,7 @@
 """`refstream`: the one operator command (docs/cli.md).
 
 Each subcommand lives in its own module under `refstream/commands/`, so the command tree
-reads like the table in the spec and each piece can change on its own.
+reads like the table in docs/cli.md and each piece can change on its own.
 """
 
 from __future__ import annotations

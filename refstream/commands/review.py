@@ -93,7 +93,10 @@ def _when(t: int) -> str:
 
 @click.group(name="review")
 def review() -> None:
-    """The review queue: cases the automation paused on (docs/rules.md#review-cases)."""
+    """The review queue: cases the automation paused on.
+
+    Case kinds and what a decision does: docs/rules.md#review-cases.
+    """
 
 
 @review.command(name="list")

@@ -1,10 +1,15 @@
-"""`refstream rules check FILE` (docs/rules.md#the-rules-file): validate a rules file before using it."""
+"""`refstream rules check FILE`: validate a rules file before using it.
+
+Keys, defaults and limits: docs/rules.md#the-rules-file.
+"""
 
 from __future__ import annotations
 
 import click
 
 from schemas.rules import Rules, RulesError, load_rules
+
+RULES_DOC = "docs/rules.md#the-rules-file"
 
 
 def describe(rules: Rules) -> str:
@@ -24,16 +29,24 @@ def describe(rules: Rules) -> str:
 
 @click.group(name="rules")
 def rules() -> None:
-    """Reward rules files (format: docs/rules.md#the-rules-file)."""
+    """Reward rules files.
+
+    Keys, defaults and limits: docs/rules.md#the-rules-file.
+    """
 
 
 @rules.command(name="check")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=str))
 def check(file: str) -> None:
-    """Validate FILE; explain the first mistake with its line and field."""
+    """Validate FILE; explain the first mistake with its line and field.
+
+    Keys, defaults and limits: docs/rules.md#the-rules-file.
+    """
     try:
         loaded = load_rules(file)
     except RulesError as exc:
         click.echo(f"error: {exc}", err=True)
+        if exc.line is not None or exc.field is not None:  # a mistake in the text, not an unreadable file
+            click.echo(f"Keys, defaults and limits: {RULES_DOC}", err=True)
         raise SystemExit(1) from None
     click.echo(describe(loaded))

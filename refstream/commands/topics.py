@@ -2,7 +2,7 @@
 partitions and configs.
 
 Idempotent: a topic that already exists is left as it is (and reported, with a note when
-its partition count differs from the spec). Replication follows the cluster: factor
+its partition count differs from the one refstream creates). Replication follows the cluster: factor
 min(3, brokers), and `min.insync.replicas=2` once there are three replicas, so an
 `acks=all` write survives the loss of any one broker.
 """
@@ -104,7 +104,7 @@ async def create_topics(
                 replicas = len(info["partitions"][0]["replicas"]) if info.get("partitions") else 0
                 note = ""
                 if have != spec.partitions:
-                    note = (f"has {have} partitions, the spec says {spec.partitions}; left as it is "
+                    note = (f"has {have} partitions, refstream creates {spec.partitions}; left as it is "
                             "(changing partitions would move customers between partitions)")
                 results.append(TopicResult(spec.name, "exists", have, replicas, note))
             else:

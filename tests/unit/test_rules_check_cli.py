@@ -24,9 +24,11 @@ def test_a_mistake_names_line_and_field(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert f"{bad}:4 [campaign.reward_percent]" in result.output
     assert "between 0 and 100" in result.output
+    assert "docs/rules.md#the-rules-file" in result.output  # where every key is explained
 
 
 def test_a_missing_file_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["rules", "check", str(tmp_path / "nope.toml")])
     assert result.exit_code == 1
     assert "cannot read the rules file" in result.output
+    assert "docs/rules.md" not in result.output  # the path is the problem, not the format
