@@ -102,7 +102,8 @@ def write_out(data: str | bytes, out: Path | None) -> None:
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write the report here "
               "instead of stdout.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also write a self-contained HTML page with charts.")
+              help="Also write a what-if page: the rules compared, charts and a sortable table, "
+                   "in one self-contained HTML file (opens offline, can be mailed).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
 @click.option("--topic-prefix", default="refstream", show_default=True, hidden=True,
@@ -148,12 +149,15 @@ def replay(
     else:
         write_out(rep.to_table(result), out)
     if html_path is not None:
-        write_out(rep.to_html(result), html_path)
+        shown = [(str(rules_path), rules.revision, rules)]
+        if compare is not None and compare_path is not None:
+            shown.append((str(compare_path), compare.revision, compare))
+        write_out(rep.to_html(result, shown), html_path)
     if out is not None or html_path is not None:
         click.echo(
             f"replayed {result.stripe_events:,} stripe events and {result.control_events:,} control "
             f"events from {name}"
             + (f"; report in {out}" if out is not None else "")
-            + (f"; charts in {html_path}" if html_path is not None else ""),
+            + (f"; HTML report in {html_path}" if html_path is not None else ""),
             err=True,
         )

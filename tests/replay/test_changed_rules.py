@@ -122,15 +122,3 @@ def test_table_shows_major_units_with_totals(files):
     total = next(line for line in lines if line.startswith("TOTAL")).split()
     assert total == ["TOTAL", "usd", "3", "170.00", "15.00", "155.00", "35.00", "120.00", "182.50", "-27.50"]
 
-
-def test_html_report_is_one_self_contained_file(files, tmp_path):
-    page = tmp_path / "report.html"
-    replay("--rules", str(files["proposed"]), "--compare", str(files["current"]),
-           "--source", str(files["log"]), "--format", "csv", "--out", str(tmp_path / "r.csv"),
-           "--html", str(page))
-    text = page.read_text()
-    assert text.startswith("<!DOCTYPE html>")
-    assert "<script src=" not in text.replace(" ", "")  # plotly.js is inlined, nothing fetched
-    assert "Plotly.newPlot" in text
-    assert 'id="earned-usd"' in text and 'id="delta-usd"' in text  # the bar chart and the histogram
-    assert "ucc_X" in text
