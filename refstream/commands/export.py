@@ -6,11 +6,15 @@ exactly, so a signature re-verification or a re-parse later sees what Stripe sen
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import click
 
+from refstream.commands.kafka_access import require
 from refstream.commands.replay import open_source, ts_option
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 @click.command(name="export")
@@ -36,6 +40,8 @@ def export(
         raise click.BadParameter("--until must be later than --since.", param_hint="--until")
     src, name = open_source("kafka", topic_prefix)
     assert isinstance(src, KafkaSource)
+    # before the first byte of output: with the broker down, stdout gets nothing at all
+    require(src.bootstrap, "Cannot export the log")
     bar = Progress(src, "export", progress)
     try:
         counts = export_to(
@@ -47,10 +53,11 @@ def export(
     except (SourceError, ExportError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(
-            f"cannot write {out or 'stdout'}: {exc.strerror or exc}. Free some space or choose "
-            f"another --out."
-        ) from None
+        if isinstance(exc, BrokenPipeError):
+            raise  # the reader went away (`| head`): the CLI ends quietly, this is no disk problem
+        fix = ("Free some space on that disk, or choose another --out." if exc.errno in _DISK_FULL
+               else "Choose another --out.")
+        raise click.ClickException(f"cannot write {out or 'stdout'}: {exc.strerror or exc}. {fix}") from None
     finally:
         bar.close()
     click.echo(

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 import click
 import orjson
 
+from refstream.commands import kafka_access
+from refstream.commands.kafka_access import NotWritten, Unconfirmed, failure, quiet_clients
 from refstream.settings import Settings, SettingsError
 from schemas import control
 from schemas.topics import Topics
@@ -41,13 +43,26 @@ def default_run_id(as_of: int) -> str:
 
 
 async def append_control(bootstrap: str, topic: str, record: control.ControlRecord) -> tuple[int, int]:
+    """Append one control record; (partition, offset). Raises NotWritten when the broker could
+    not be reached or refused the record, and Unconfirmed when it did not answer the write."""
     from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
+    quiet_clients()
+    timeout_s = kafka_access.TIMEOUT_S
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                request_timeout_ms=15000)
+                                request_timeout_ms=int(timeout_s * 1000))
     try:
-        await asyncio.wait_for(producer.start(), 15)
-        meta = await asyncio.wait_for(producer.send_and_wait(topic, control.encode(record)), 30)
+        try:
+            await asyncio.wait_for(producer.start(), timeout_s)
+        except Exception as exc:
+            raise NotWritten() from exc
+        try:
+            meta = await asyncio.wait_for(producer.send_and_wait(topic, control.encode(record)), timeout_s)
+        except (TimeoutError, KafkaTimeoutError, KafkaConnectionError) as exc:
+            raise Unconfirmed() from exc  # it may have arrived before the answer was lost
+        except Exception as exc:
+            raise NotWritten() from exc  # the broker refused it
     finally:
         await producer.stop()
     return meta.partition, meta.offset
@@ -58,13 +73,6 @@ def settings_or_fail() -> Settings:
         return Settings.from_env()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-def unreachable(settings: Settings) -> click.ClickException:
-    return click.ClickException(
-        f"Kafka at {settings.kafka_bootstrap} did not take the record. Start the broker "
-        "(`refstream kafka up --detach`) or set REFSTREAM_KAFKA_BOOTSTRAP."
-    )
 
 
 @click.group(name="payouts")
@@ -85,8 +93,13 @@ def run(as_of: str, run_id: str | None, topic_prefix: str) -> None:
     topic = Topics(settings.env, topic_prefix).control
     try:
         partition, offset = asyncio.run(append_control(settings.kafka_bootstrap, topic, record))
-    except Exception as exc:  # connection, timeout or broker error: all mean "not appended"
-        raise unreachable(settings) from exc
+    except NotWritten as exc:
+        raise failure(settings.kafka_bootstrap, f"The payout run {record.run_id!r} was not appended", exc,
+                      after="Nothing is paid until it is.") from None
+    except Unconfirmed as exc:
+        raise failure(settings.kafka_bootstrap,
+                      f"The payout run {record.run_id!r} may or may not have been appended", exc,
+                      after="Running the same command again is safe: a run id pays once.") from None
     when = datetime.fromtimestamp(at, UTC).isoformat()
     click.echo(f"appended payout run {record.run_id!r} as of {when} to {topic} "
                f"(partition {partition}, offset {offset}):")

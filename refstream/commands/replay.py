@@ -135,6 +135,11 @@ def replay(
                 f"choose another {option}."
             )
     src, name = open_source(source, topic_prefix, headers=False)
+    if source == "kafka":
+        from refstream.commands.kafka_access import FIX, require
+
+        require(src.bootstrap, "Cannot replay the log", fix=FIX.rstrip(".")  # type: ignore[attr-defined]
+                + ", or replay an export with --source FILE.jsonl.gz.")
     bar = Progress(src, "replay", progress)  # type: ignore[arg-type]
     try:
         result = fold(src, rules, compare, as_of=as_of, progress=bar)  # type: ignore[arg-type]

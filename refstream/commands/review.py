@@ -16,7 +16,15 @@ from datetime import UTC, datetime
 import click
 import orjson
 
-from refstream.commands.payouts import append_control, settings_or_fail, unreachable
+from refstream.commands import kafka_access
+from refstream.commands.kafka_access import (
+    NotWritten,
+    Stalled,
+    Unconfirmed,
+    failure,
+    quiet_clients,
+)
+from refstream.commands.payouts import append_control, settings_or_fail
 from schemas import commands, control
 from schemas.topics import Topics
 
@@ -28,10 +36,13 @@ async def read_to_end(
     (topic, value). Stops at the end offsets taken when it starts."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    quiet_clients()
+    connect_s = kafka_access.TIMEOUT_S
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
-                                enable_auto_commit=False, group_id=None, request_timeout_ms=15000)
-    await asyncio.wait_for(consumer.start(), 15)
+                                enable_auto_commit=False, group_id=None,
+                                request_timeout_ms=int(connect_s * 1000))
     try:
+        await asyncio.wait_for(consumer.start(), connect_s)
         if any(consumer.partitions_for_topic(t) is None for t in topics):
             await consumer._client.force_metadata_update()
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
@@ -45,7 +56,7 @@ async def read_to_end(
         deadline = time.monotonic() + timeout_s
         while pending:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {sorted(tp.topic for tp in pending)} to the end")
+                raise Stalled(sorted({tp.topic for tp in pending}), timeout_s)
             batch = await consumer.getmany(*pending, timeout_ms=200)
             for tp, msgs in batch.items():
                 out.extend((tp.topic, m.value) for m in msgs if m.value is not None)
@@ -110,7 +121,7 @@ def list_(show_all: bool, as_json: bool, topic_prefix: str) -> None:
     try:
         queue = asyncio.run(load_queue(settings.kafka_bootstrap, t))
     except Exception as exc:
-        raise unreachable(settings) from exc
+        raise failure(settings.kafka_bootstrap, "Cannot read the review queue", exc) from None
     shown = sorted(queue.cases.values(), key=lambda c: (c.opened_at, c.case_id)) if show_all else queue.open
     if as_json:
         for case in shown:
@@ -149,7 +160,8 @@ def resolve(case_id: str, approve: bool | None, reason: str, topic_prefix: str) 
     try:
         queue = asyncio.run(load_queue(settings.kafka_bootstrap, t))
     except Exception as exc:
-        raise unreachable(settings) from exc
+        raise failure(settings.kafka_bootstrap, f"Cannot look up case {case_id}", exc,
+                      after="No decision was recorded.") from None
     case = queue.cases.get(case_id)
     if case is None:
         raise click.ClickException(
@@ -160,8 +172,14 @@ def resolve(case_id: str, approve: bool | None, reason: str, topic_prefix: str) 
     decision = control.ReviewDecision(case_id, case.ucc, approve, reason.strip(), int(time.time()))
     try:
         partition, offset = asyncio.run(append_control(settings.kafka_bootstrap, t.control, decision))
-    except Exception as exc:
-        raise unreachable(settings) from exc
+    except NotWritten as exc:
+        raise failure(settings.kafka_bootstrap, f"The decision on case {case_id} was not recorded",
+                      exc) from None
+    except Unconfirmed as exc:
+        raise failure(settings.kafka_bootstrap,
+                      f"The decision on case {case_id} may or may not have been recorded", exc,
+                      after="Deciding again is safe (the first decision is the one that counts); "
+                            "`refstream review list --all` shows whether it arrived.") from None
     verdict = "approve" if approve else "reject"
     click.echo(f"appended decision {verdict} for case {case_id} ({case.kind}, ucc {case.ucc}) to {t.control} "
                f"(partition {partition}, offset {offset})")

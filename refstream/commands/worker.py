@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from refstream.commands import kafka_access
+from refstream.commands.kafka_access import failure, loud_clients, quiet_clients
 from refstream.settings import SettingsError
 from schemas.rules import RulesError
 from schemas.topics import DEFAULT_PARTITIONS, Topics
@@ -54,13 +56,16 @@ def _check_data_dir(data_dir: Path) -> None:
 
 
 def _partitions(bootstrap: str, topic: str) -> int | None:
-    """The stripe-events topic's partition count: every stage is co-partitioned with it."""
+    """The stripe-events topic's partition count (every stage is co-partitioned with it);
+    None when the topic does not exist. Raises what the client raised when Kafka cannot be
+    asked."""
     from aiokafka import AIOKafkaConsumer
 
     async def probe() -> int | None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+        timeout_s = kafka_access.TIMEOUT_S
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
         try:
-            await asyncio.wait_for(consumer.start(), 15)
+            await asyncio.wait_for(consumer.start(), timeout_s)
             parts = consumer.partitions_for_topic(topic)
             if parts is None:
                 await consumer._client.force_metadata_update()
@@ -69,10 +74,11 @@ def _partitions(bootstrap: str, topic: str) -> int | None:
         finally:
             await consumer.stop()
 
+    quiet_clients()  # the one message below says what a failed connection means
     try:
         return asyncio.run(probe())
-    except Exception:  # unreachable or unknown: reported by the caller
-        return None
+    finally:
+        loud_clients()
 
 
 def _use_uvloop() -> None:
@@ -109,12 +115,15 @@ def worker(web_port: int, web_host: str, log_level: str, topic_prefix: str) -> N
     except (SettingsError, RulesError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     stripe_events = Topics(env=cfg.settings.env, prefix=topic_prefix).stripe_events
-    n = _partitions(cfg.settings.kafka_bootstrap, stripe_events)
+    try:
+        n = _partitions(cfg.settings.kafka_bootstrap, stripe_events)
+    except Exception as exc:
+        raise failure(cfg.settings.kafka_bootstrap, "The worker cannot start", exc) from None
     if n is None:
         raise click.ClickException(
-            f"Kafka at {cfg.settings.kafka_bootstrap} is not reachable or has no topic "
-            f"{stripe_events}. Start the broker (`refstream kafka up --detach`) and create the "
-            f"topics (`refstream topics create`), or set REFSTREAM_KAFKA_BOOTSTRAP."
+            f"Kafka at {cfg.settings.kafka_bootstrap} has no topic {stripe_events}. Create the topics "
+            f"(`refstream topics create`), or check REFSTREAM_ENV (now {cfg.settings.env!r}) and "
+            "REFSTREAM_KAFKA_BOOTSTRAP."
         )
     cfg = dataclasses.replace(cfg, partitions=n or DEFAULT_PARTITIONS, web_host=web_host)
     _check_data_dir(cfg.data_dir)

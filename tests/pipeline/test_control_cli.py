@@ -32,7 +32,7 @@ def test_payouts_run_without_a_broker_says_what_to_start(monkeypatch: pytest.Mon
     monkeypatch.setenv("REFSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
     result = CliRunner().invoke(main, ["payouts", "run", "--as-of", "1771113600"])
     assert result.exit_code == 1
-    assert "did not take the record" in result.output and "refstream kafka up" in result.output
+    assert "was not appended" in result.output and "refstream kafka up" in result.output
 
 
 def test_resolve_needs_a_verdict_and_a_reason() -> None:
