@@ -59,6 +59,12 @@ INELIGIBLE = "ineligible"  # outside the window, or the referral was rejected
 OPEN = "open"
 APPROVED = "approved"
 REJECTED = "rejected"
+# unlinked_refund only: a refund whose charge has no link yet. It opens (OPEN) at the next
+# payout run if it is still unlinked then, and it ends (LINKED) when its link arrives, so
+# neither depends on whether the link or the refund reached the referrer first
+# (docs/rules.md#refunds).
+WAITING = "waiting"
+LINKED = "linked"
 
 
 class Entry(NamedTuple):
@@ -278,13 +284,19 @@ def step(
         # recorded (no working copy)
         if message.run_id in state.runs:
             return state, []  # the same run id twice pays nothing more
+        opened: list[Routed] = []
+        if state.cases and any(c.status == WAITING for c in state.cases.values()):
+            tx = _Tx(state, rules)
+            _open_waiting_refunds(tx, message)
+            state, opened = tx.done()
         payable = _payable(state.referrals, None, message.as_of)
         if not payable:
             return _new(ReferrerState, (state.ucc, state.referrals, state.earned, state.reversed, state.paid,
-                                        state.cases, (*state.runs, message.run_id))), []
+                                        state.cases, (*state.runs, message.run_id))), opened
         tx = _Tx(state, rules)
         _on_payout_run(tx, message, payable)
-        return tx.done()
+        state, out = tx.done()
+        return state, opened + out
     tx = _Tx(state, rules)
     if isinstance(message, Payment):
         _on_payment(tx, message)
@@ -456,6 +468,7 @@ def _on_refund(tx: _Tx, m: Refund) -> None:
         ref = _with_payment(ref, m.payment_id, PaymentRecord(PENDING, ""))
         tx.put(m.referral_id, ref)
     _reverse(tx, m.referral_id, m.payment_id, m.charge_id, m.amount, m.amount_refunded, m.created, m.event_id)
+    _end_unlinked_case(tx, m.referral_id, m.charge_id)
 
 
 def _on_unlinked_refund(tx: _Tx, m: UnlinkedRefund) -> None:
@@ -465,37 +478,85 @@ def _on_unlinked_refund(tx: _Tx, m: UnlinkedRefund) -> None:
     case_id = fact_id(UNLINKED_REFUND, tx.ucc, m.referral_id, m.charge_id)
     case = tx.cases.get(case_id)
     if case is None:
-        if not any(r.status == REWARDED and r.reward > 0 for r in ref.payments.values()):
-            return  # nothing the refund could take back
-        tx.open_case(UNLINKED_REFUND, case_id, ref, {
-            "customer_id": m.customer_id, "charge_id": m.charge_id, "currency": m.currency,
-            "amount": m.amount, "amount_refunded": m.amount_refunded,
-        }, m.created, refund=m)
+        if _charge_linked(ref, m.charge_id):
+            return  # its link arrived first after all: the normal rule has it
+        # waits for its link; it opens at the next payout run if still unlinked then
+        tx.w_cases()[case_id] = Case(UNLINKED_REFUND, m.referral_id, WAITING, None, m)
         return
     assert case.refund is not None
-    if m.amount_refunded <= case.refund.amount_refunded:
+    if m.amount_refunded <= case.refund.amount_refunded or case.status == LINKED:
         return
     tx.w_cases()[case_id] = Case(case.kind, case.referral_id, case.status, None, m, case.reversed)
     if case.status == APPROVED:
         _reverse_unlinked(tx, case_id, m.created, m.event_id)
 
 
+def _percentage_earned(ref: ReferralState) -> bool:
+    return any(r.status == REWARDED and r.reward > 0 for r in ref.payments.values())
+
+
+def _open_waiting_refunds(tx: _Tx, run: PayoutRun) -> None:
+    """Before a run pays: a refund still waiting for its link opens its `unlinked_refund`
+    case (and pauses the referral) if the referral has a percentage reward it could take
+    back. Which refunds wait at a run is the same live and in replay: the run takes effect
+    where its markers sit in the log (docs/design.md#one-order)."""
+    for case_id, case in sorted(tx.cases.items()):
+        if case.status != WAITING:
+            continue
+        ref = tx.referrals[case.referral_id]
+        if not _percentage_earned(ref):
+            continue  # nothing it could take back (yet): it keeps waiting
+        m = case.refund
+        assert m is not None
+        tx.w_cases()[case_id] = Case(case.kind, case.referral_id, OPEN, None, m, case.reversed)
+        tx.out.append(Routed(REVIEWS, tx.ucc, ReviewCase(case_id, UNLINKED_REFUND, tx.ucc, ref.referral_id, {
+            "customer_id": m.customer_id, "charge_id": m.charge_id, "currency": m.currency,
+            "amount": m.amount, "amount_refunded": m.amount_refunded, "refunded_at": m.created,
+        }, run.requested_at)))
+        tx.put(ref.referral_id, ref._replace(open_cases=(*ref.open_cases, case_id)))
+
+
+def _end_unlinked_case(tx: _Tx, rid: str, charge: str) -> None:
+    """The charge's link arrived: its waiting or open `unlinked_refund` case ends (LINKED),
+    un-pausing the referral if it was the last open one; the normal rule reverses."""
+    case_id = fact_id(UNLINKED_REFUND, tx.ucc, rid, charge)
+    case = tx.cases.get(case_id)
+    if case is None or case.status not in (WAITING, OPEN):
+        return
+    tx.w_cases()[case_id] = Case(case.kind, case.referral_id, LINKED, None, case.refund, case.reversed)
+    if case.status == OPEN:
+        ref = tx.referrals[rid]
+        tx.put(rid, ref._replace(open_cases=tuple(c for c in ref.open_cases if c != case_id)))
+
+
 def _charge_linked(ref: ReferralState, charge: str) -> bool:
     return any(rec.refunds and charge in rec.refunds for rec in ref.payments.values())
 
 
+def _reversal_room(tx: _Tx, ref: ReferralState, except_case: str) -> int:
+    """What the referral earned as percentage rewards, net of every reversal so far: the
+    most any further reversal may take back."""
+    earned = sum(r.reward for r in ref.payments.values() if r.status == REWARDED)
+    reversed_ = sum(cr.reversed for r in ref.payments.values() for cr in (r.refunds or {}).values())
+    reversed_ += sum(c.reversed for cid, c in tx.cases.items()
+                     if c.kind == UNLINKED_REFUND and c.referral_id == ref.referral_id and cid != except_case)
+    return max(0, earned - reversed_)
+
+
 def _reverse_unlinked(tx: _Tx, case_id: str, at: int, source: str) -> None:
-    """An approved unlinked refund is reversed at the referral's percent."""
+    """An approved unlinked refund is reversed at the referral's percent, never beyond what
+    the referral earned as percentage rewards net of earlier reversals."""
     case = tx.cases[case_id]
     m = case.refund
     assert m is not None
     ref = tx.referrals[case.referral_id]
     if _charge_linked(ref, m.charge_id):
         return  # linked since: the normal rule reverses it
-    target = percent_of(min(m.amount_refunded, m.amount), tx.rules.reward_percent)
-    delta = target - case.reversed
+    wanted = percent_of(min(m.amount_refunded, m.amount), tx.rules.reward_percent)
+    delta = min(wanted - case.reversed, _reversal_room(tx, ref, case_id))
     if delta <= 0:
         return
+    target = case.reversed + delta
     tx.w_cases()[case_id] = Case(case.kind, case.referral_id, case.status, None, m, target)
     if ref.rejected and not ref.paid_any:
         return

@@ -16,7 +16,7 @@ from tests.unit.builders import (
     subscription,
     ts,
 )
-from tests.unit.conftest import cases, feed, make_rules, notifications
+from tests.unit.conftest import cases, decide, feed, make_rules, notifications, run
 
 JAN10 = ts("2026-01-10")
 JAN11 = ts("2026-01-11")
@@ -115,27 +115,50 @@ def test_link_by_payment_intent(rules: Rules) -> None:
     assert reversed_(engine, refunded(10000, "2026-01-20", payment_intent="pi_1")) == [2500]
 
 
-def test_an_unlinked_refund_on_a_referral_with_rewards_opens_a_case(rules: Rules) -> None:
+def test_an_unlinked_refund_waits_for_its_link_and_opens_its_case_at_the_next_payout_run(
+        rules: Rules) -> None:
     engine = signed_up(rules)
     feed(engine, invoice_paid("in_1", "cus_A", JAN11, amount_paid=10000, new_shape=True))
-    out = feed(engine, refunded(4000, "2026-01-20", ch="ch_unknown"))
-    assert notifications(out, REWARD_REVERSED) == []
+    # no link yet: nothing happens now, whichever of refund and link the worker sees first
+    assert feed(engine, refunded(4000, "2026-01-20", ch="ch_unknown")) == []
+    out = run(engine, "r1", ts("2026-06-01"))
     [case] = cases(out, UNLINKED_REFUND)
     assert (case.details["charge_id"], case.details["amount_refunded"]) == ("ch_unknown", 4000)
+    assert case.opened_at == ts("2026-06-01")  # the run's requested_at
+    summary = engine.referrer("ucc_X", as_of=ts("2026-06-01"))
+    assert summary is not None and summary.currencies["usd"].payable == 0  # paused by it
+    assert run(engine, "r1", ts("2026-06-01")) == []  # the same run again: no second case
 
 
-def test_an_unlinked_refund_without_rewards_is_ignored(rules: Rules) -> None:
+def test_an_unlinked_refund_without_a_percentage_reward_opens_nothing(rules: Rules) -> None:
     engine = signed_up(rules)  # only the signup bonus, which is never reversed
     assert feed(engine, refunded(4000, "2026-01-20", ch="ch_unknown")) == []
+    assert cases(run(engine, "r1", ts("2026-06-01"))) == []
 
 
-def test_a_refund_linked_after_its_case_opened_is_reversed_by_the_normal_rule(rules: Rules) -> None:
-    # arrival-order dependent (docs/rules.md): the case stays open until a person decides
+def test_a_refund_linked_before_the_run_is_reversed_and_opens_no_case(rules: Rules) -> None:
     engine = signed_up(rules)
     feed(engine, invoice_paid("in_1", "cus_A", JAN11, amount_paid=10000, new_shape=True))
-    assert len(cases(feed(engine, refunded(10000, "2026-01-20")), UNLINKED_REFUND)) == 1
+    assert feed(engine, refunded(10000, "2026-01-20")) == []
     out = feed(engine, invoice_payment_paid("in_1", JAN11, charge="ch_1"))
     assert [n.amount for n in notifications(out, REWARD_REVERSED)] == [2500]
+    assert cases(run(engine, "r1", ts("2026-06-01"))) == []
+    summary = engine.referrer("ucc_X", as_of=ts("2026-06-01"))
+    assert summary is not None and summary.currencies["usd"].payable == 500 + 1000 + 2500 - 2500
+
+
+def test_a_case_opened_for_want_of_a_link_ends_when_the_link_arrives(rules: Rules) -> None:
+    engine = signed_up(rules)
+    feed(engine, invoice_paid("in_1", "cus_A", JAN11, amount_paid=10000, new_shape=True),
+         refunded(10000, "2026-01-20"))
+    [case] = cases(run(engine, "r1", ts("2026-03-01")), UNLINKED_REFUND)
+    out = feed(engine, invoice_payment_paid("in_1", JAN11, charge="ch_1"))
+    assert [n.amount for n in notifications(out, REWARD_REVERSED)] == [2500]  # the normal rule
+    summary = engine.referrer("ucc_X", as_of=ts("2026-06-01"))
+    assert summary is not None and summary.open_cases == 0  # the referral is no longer paused
+    assert summary.currencies["usd"].payable == 500 + 1000 + 2500 - 2500
+    # deciding the ended case changes nothing
+    assert decide(engine, case, True, ts("2026-06-02")) == []
 
 
 def test_subscription_deleted_sends_one_notification_and_keeps_what_was_earned(rules: Rules) -> None:

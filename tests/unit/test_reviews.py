@@ -114,12 +114,19 @@ def test_unsupported_currency_approved_is_rewarded_without_a_cap(rules: Rules) -
     assert sorted((p.currency, p.amount) for p in payouts(out)) == [("gbp", 25000)]  # usd 500 < 2000
 
 
+def unlinked_case(engine: Engine, amount_refunded: int, *, amount: int = 10000) -> ReviewCase:
+    """A refund of a charge nothing links, whose case opens at a payout run (docs/rules.md#refunds)."""
+    assert feed(engine, refund("ch_x", "cus_A", JAN11, amount=amount, amount_refunded=amount_refunded,
+                               at=ts("2026-01-20"))) == []
+    [case] = cases(run(engine, "r0", ts("2026-01-21")), UNLINKED_REFUND)
+    return case
+
+
 def test_unlinked_refund_approved_is_reversed_at_the_referrals_percent(rules: Rules) -> None:
     engine = Engine(rules)
     feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"),
          invoice_paid("in_1", "cus_A", JAN11, amount_paid=10000, new_shape=True))
-    [case] = cases(feed(engine, refund("ch_x", "cus_A", JAN11, amount=10000, amount_refunded=4000,
-                                       at=ts("2026-01-20"))), UNLINKED_REFUND)
+    case = unlinked_case(engine, 4000)
     [n] = notifications(decide(engine, case, True, ts("2026-01-21")), REWARD_REVERSED)
     assert n.amount == 1000  # 25 % of 4000
     # a larger cumulative refund of the same charge afterwards: reversed at once, the difference only
@@ -130,12 +137,29 @@ def test_unlinked_refund_approved_is_reversed_at_the_referrals_percent(rules: Ru
     assert payout.amount == 4000 - 1500
 
 
+def test_an_approved_unlinked_reversal_never_exceeds_what_the_referral_earned(rules: Rules) -> None:
+    # capped at 10,000 usd: 500 signup + 1,000 purchase bonus + 8,500 of the 25,000 reward
+    engine = Engine(rules)
+    feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"),
+         invoice_paid("in_1", "cus_A", JAN11, amount_paid=100000, new_shape=True))
+    usd = engine.referrer("ucc_X").currencies["usd"]  # type: ignore[union-attr]
+    assert usd.earned == 10000
+    case = unlinked_case(engine, 100000, amount=100000)  # 25 % of it would be 25,000
+    [n] = notifications(decide(engine, case, True, ts("2026-01-22")), REWARD_REVERSED)
+    assert n.amount == 8500  # the percentage reward actually earned; bonuses are never reversed
+    usd = engine.referrer("ucc_X").currencies["usd"]  # type: ignore[union-attr]
+    assert (usd.earned, usd.reversed, usd.net) == (10000, 8500, 1500)
+    # nothing is left to take back: a later linked full refund of the invoice reverses nothing more
+    feed(engine, refund("ch_1", "cus_A", JAN11, amount=100000, amount_refunded=100000,
+                        at=ts("2026-01-23")))
+    assert engine.referrer("ucc_X").currencies["usd"].reversed == 8500  # type: ignore[union-attr]
+
+
 def test_unlinked_refund_rejected_is_ignored(rules: Rules) -> None:
     engine = Engine(rules)
     feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"),
          invoice_paid("in_1", "cus_A", JAN11, amount_paid=10000, new_shape=True))
-    [case] = cases(feed(engine, refund("ch_x", "cus_A", JAN11, amount=10000, amount_refunded=4000,
-                                       at=ts("2026-01-20"))))
+    case = unlinked_case(engine, 4000)
     assert decide(engine, case, False, ts("2026-01-21")) == []
     [payout] = payouts(run(engine, "r1", LATER))
     assert payout.amount == 4000  # nothing reversed, nothing voided
