@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,33 +331,118 @@ def _ready(cluster: Cluster, timeout_s: float) -> None:
     )
 
 
+def running(cluster: Cluster) -> dict[int, int]:
+    """Node id → pid of the cluster's nodes that run now, started from its data dir."""
+    return {n.node_id: pid for n in cluster.nodes if (pid := _read_pid(n)) is not None}
+
+
+def _listener_port(node: Node) -> int | None:
+    """The client port a node was started with (from the properties file it runs on)."""
+    try:
+        lines = node.properties.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("listeners="):
+            for listener in line.split("=", 1)[1].split(","):
+                if listener.startswith("PLAINTEXT://"):
+                    return int(listener.rsplit(":", 1)[1])
+    return None
+
+
+def broker_on_port(port: int) -> tuple[int, Path] | None:
+    """(pid, data dir) of a broker started by `refstream kafka up` that listens on `port`
+    for clients or its controller, from any data dir; None if there is none."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # java … kafka.Kafka <node dir>/server.properties
+        if len(args) < 3 or args[-3] != b"kafka.Kafka" or not args[-2].endswith(b"server.properties"):
+            continue
+        properties = Path(args[-2].decode(errors="replace"))
+        try:
+            lines = properties.read_text().splitlines()
+        except OSError:
+            continue
+        listeners = [line for line in lines if line.startswith("listeners=")]
+        if any(re.search(rf"127\.0\.0\.1:{port}(?![0-9])", line) for line in listeners):
+            return int(entry.name), properties.parent.parent
+    return None
+
+
+def _port_taken(port: int) -> KafkaError:
+    other = broker_on_port(port)
+    if other is not None:
+        pid, data_dir = other
+        return KafkaError(
+            f"Port {port} on 127.0.0.1 is in use by another refstream broker (pid {pid}, data dir "
+            f"{data_dir}). Use it (REFSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:{port}), stop it with "
+            f"`refstream kafka down --data-dir {data_dir}`, or choose another port with --port N."
+        )
+    return KafkaError(
+        f"Port {port} on 127.0.0.1 is in use by another program. Stop it, or "
+        f"choose another port with `refstream kafka up --port N`."
+    )
+
+
+@contextlib.contextmanager
+def _starting(data_dir: Path) -> Iterator[None]:
+    """One `up` at a time per data dir: two at once would both start the same nodes."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / ".up.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def start(cluster: Cluster, *, timeout_s: float = 90.0) -> list[int]:
+    """Start the cluster's nodes that are not running and wait until every node answers.
+    Returns the ids of the nodes this call started (none when all were running); a node
+    that was already running is never stopped by it, not even when start-up fails."""
+    with _starting(cluster.data_dir):
+        already = running(cluster)
+        for node in cluster.nodes:
+            if node.node_id in already:
+                was = _listener_port(node)
+                if was is not None and was != node.port:
+                    raise KafkaError(
+                        f"The broker of {cluster.data_dir} (node {node.node_id}, pid "
+                        f"{already[node.node_id]}) already runs on port {was}, not {node.port}. Use it "
+                        f"(--port {was - 2 * (node.node_id - 1)}), or stop it first with "
+                        f"`refstream kafka down --data-dir {cluster.data_dir}`."
+                    )
+                continue
+            for port in (node.port, node.controller_port):
+                if not _port_free(port):
+                    raise _port_taken(port)
+        todo = [n for n in cluster.nodes if n.node_id not in already]
+        if todo:
+            libs = resolve_jars()
+        started: list[int] = []
+        try:
+            for node in todo:
+                node.dir.mkdir(parents=True, exist_ok=True)
+                node.properties.write_text(_properties(cluster, node))
+                (node.dir / "log4j.properties").write_text(_LOG4J.format(log=node.log_file))
+                _format(libs, cluster, node)
+                start_node(cluster, node, libs)
+                started.append(node.node_id)
+            _ready(cluster, timeout_s)
+        except BaseException:
+            down(cluster.data_dir, only=started)
+            raise
+        return started
+
+
 def up(cluster: Cluster, *, timeout_s: float = 90.0) -> str:
     """Start the cluster's nodes that are not running; return the bootstrap string."""
-    cluster.data_dir.mkdir(parents=True, exist_ok=True)
-    running = [n for n in cluster.nodes if _read_pid(n) is not None]
-    for node in cluster.nodes:
-        if node in running:
-            continue
-        for port in (node.port, node.controller_port):
-            if not _port_free(port):
-                raise KafkaError(
-                    f"Port {port} on 127.0.0.1 is in use by another program. Stop it, or "
-                    f"choose another port with `refstream kafka up --port N`."
-                )
-    libs = resolve_jars()
-    for node in cluster.nodes:
-        if node in running:
-            continue
-        node.dir.mkdir(parents=True, exist_ok=True)
-        node.properties.write_text(_properties(cluster, node))
-        (node.dir / "log4j.properties").write_text(_LOG4J.format(log=node.log_file))
-        _format(libs, cluster, node)
-        start_node(cluster, node, libs)
-    try:
-        _ready(cluster, timeout_s)
-    except BaseException:
-        down(cluster.data_dir)
-        raise
+    start(cluster, timeout_s=timeout_s)
     return cluster.bootstrap
 
 
@@ -390,13 +477,17 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def down(data_dir: Path) -> list[int]:
-    """Stop the nodes started from `data_dir`; anything else is left alone."""
+def down(data_dir: Path, *, only: Iterable[int] | None = None) -> list[int]:
+    """Stop the nodes started from `data_dir` (or only the node ids `only` names); anything
+    else is left alone."""
+    wanted = None if only is None else set(only)
     stopped = []
     for node_dir in sorted(data_dir.glob("node-*")):
         try:
             node_id = int(node_dir.name.split("-", 1)[1])
         except ValueError:
+            continue
+        if wanted is not None and node_id not in wanted:
             continue
         node = Node(node_id, 0, 0, node_dir)
         if stop_node(node):

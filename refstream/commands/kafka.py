@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -27,13 +28,22 @@ def kafka() -> None:
               help="Number of nodes (each broker+controller).")
 @click.option("--detach", is_flag=True, help="Return once the broker is ready; leave it running.")
 def up(port: int, data_dir: str | None, brokers: int, detach: bool) -> None:
-    """Start the broker; returns (with --detach) once it accepts requests."""
+    """Start the broker; returns (with --detach) once it accepts requests. A broker that
+    already runs from the same data dir is left as it is."""
     cluster = localkafka.Cluster(_data_dir(data_dir), port=port, brokers=brokers)
     try:
-        bootstrap = localkafka.up(cluster)
+        started = localkafka.start(cluster)
     except localkafka.KafkaError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"Kafka {localkafka.KAFKA_VERSION} is ready at {bootstrap}")
+    if not started:
+        pids = ", ".join(str(pid) for pid in localkafka.running(cluster).values())
+        click.echo(f"Kafka is already running at {cluster.bootstrap} (pid {pids}, data dir "
+                   f"{cluster.data_dir}); left as it is.")
+        if not detach:
+            click.echo("This `up` did not start it, so it will not stop it either: "
+                       f"`refstream kafka down --data-dir {cluster.data_dir}` does.")
+        return
+    click.echo(f"Kafka {localkafka.KAFKA_VERSION} is ready at {cluster.bootstrap}")
     for line in localkafka.describe(cluster):
         click.echo(f"  {line}")
     if detach:
@@ -46,12 +56,19 @@ def up(port: int, data_dir: str | None, brokers: int, detach: bool) -> None:
         nonlocal stop
         stop = True
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    while not stop:
-        time.sleep(0.5)
-    localkafka.down(cluster.data_dir)
-    click.echo("Kafka stopped.")
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
+    try:
+        while not stop:
+            if not set(started) & set(localkafka.running(cluster)):
+                raise click.ClickException(
+                    f"The broker stopped by itself; its log: {cluster.nodes[0].log_file}")
+            time.sleep(0.5)
+    finally:
+        # only the nodes this `up` started: a node another `up` started keeps running
+        localkafka.down(cluster.data_dir, only=started)
+    with contextlib.suppress(OSError):  # a closed terminal must not keep it from stopping
+        click.echo("Kafka stopped.")
 
 
 @kafka.command()
