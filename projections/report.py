@@ -483,8 +483,8 @@ def histogram_bins(values: Sequence[int], bins: int = _BINS) -> list[tuple[int |
 
 def _histogram(title: str, values: Sequence[int], currency: str, *, signed: bool) -> str:
     bins = histogram_bins(values)
-    width, left, plot_h, top = 500, 40, 160, 16
-    plot_w = width - left - 10
+    width, left, plot_h, top = 500, 45, 160, 16
+    plot_w = width - 2 * left  # room either side for the edge labels, centred on the edges
     height = top + plot_h + 36
     most = max(c for _, _, c in bins)
     slot = plot_w / len(bins)
@@ -492,7 +492,7 @@ def _histogram(title: str, values: Sequence[int], currency: str, *, signed: bool
              f"<svg viewBox=\"0 0 {width} {height}\" width={width} height={height} role=img "
              f"aria-label=\"{_e(title)}\">"
              f"<text x=0 y=12>{_count(most, 'referrer')}</text>"
-             f"<line class=axis x1={left} x2={width - 10} y1={top + plot_h} y2={top + plot_h}></line>"]
+             f"<line class=axis x1={left} x2={left + plot_w} y1={top + plot_h} y2={top + plot_h}></line>"]
     for i, (low, high, n) in enumerate(bins):
         h = round(n * plot_h / most)
         x = left + i * slot
@@ -558,7 +558,8 @@ def _charts(report: Report, currency: str, rows: Sequence[Row], names: tuple[str
             hist = _histogram(
                 f"Change of net per referrer ({_count(len(changed), 'referrer')} whose net changed)",
                 changed, currency, signed=True)
-        return f"<div class=charts>{''.join(figs)}</div>{hist}" if figs else ""
+        same = "<p class=meta>Both charts have one scale.</p>" if len(figs) == 2 else ""
+        return f"<div class=charts>{''.join(figs)}</div>{same}{hist}" if figs else ""
     with_net = sorted((r for r in rows if r.figures.net), key=lambda r: (-r.figures.net, r.ucc))
     if not with_net:
         return ""
