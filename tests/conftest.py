@@ -22,7 +22,9 @@ import pytest
 from refstream import localkafka
 from schemas.topics import Topics
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "stripe-fixtures"
+# The project's own Stripe payload samples of both API shapes, one object per file
+# (tests/stripe_samples/README.md says what each one is for).
+FIXTURES = Path(__file__).resolve().parent / "stripe_samples"
 
 
 def _free_port_pair() -> int:
