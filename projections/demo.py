@@ -1,4 +1,5 @@
-"""Sample Stripe webhook bodies: the worked example of docs/rules.md and a realistic programme.
+"""Sample Stripe webhook bodies: the worked example of docs/rules.md, a late attribution
+that opens a review case, and a realistic programme.
 
 Used by `refstream demo`, the pipeline tests and the pipeline benchmark. Every body is
 what Stripe would send (both API shapes: before and after 2025-03-31), deterministic for
@@ -105,6 +106,25 @@ def worked_example() -> list[bytes]:
 
 
 WORKED_EXAMPLE_AS_OF = ts("2026-02-15")
+
+LATE_UCC = "ucc_R"
+LATE_REFERRED_AT = ts("2026-02-12")
+
+
+def late_attribution_example() -> list[bytes]:
+    """A review case: cus_R pays on 2026-01-06 with no referral on record and is attributed
+    to ucc_R on 2026-02-12, 37 days later. With a late_attribution_days of 30 (the example
+    rules) the payment is held and the referral paused in a late_attribution case until a
+    person decides; approving releases a purchase bonus and the reward, rejecting voids the
+    referral's unpaid rewards."""
+    jan5 = ts("2026-01-05")
+    return [
+        customer("evt_demo_cus_R", "cus_R", jan5, ucc=None, user=None),
+        invoice_paid("evt_demo_inv_R1", "in_R1", "cus_R", ts("2026-01-06"), amount_paid=11900, total=11900,
+                     total_excluding_tax=10000, charge="ch_R1", sub="sub_R"),
+        customer("evt_demo_cus_R_referred", "cus_R", jan5, ucc=LATE_UCC, user="u_r", type_="customer.updated",
+                 at=LATE_REFERRED_AT),
+    ]
 
 
 @dataclass(frozen=True, slots=True)

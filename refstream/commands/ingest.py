@@ -46,10 +46,13 @@ def ingest(host: str, port: int, reuse_port: bool, workers: int, topic_prefix: s
         raise click.ClickException(str(exc)) from exc
     enabled = [env for env in ENVIRONMENTS if settings.stripe_secrets.get(env)]
     if not enabled:
+        demo_env = settings.data_dir / "demo.env"
         raise click.ClickException(
             "No Stripe signing secret is configured, so ingest would refuse every webhook. "
             "Set REFSTREAM_STRIPE_SECRETS_SANDBOX (and/or _PRODUCTION) to the endpoint's "
             "whsec_… secret, e.g. the one `stripe listen` prints."
+            + (f" For the demo's secret, load {demo_env} first: set -a; . {demo_env}; set +a"
+               if demo_env.exists() else "")
         )
     if workers > 1:
         from ingest.workers import run_workers
