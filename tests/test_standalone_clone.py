@@ -1,5 +1,5 @@
 """Whoever clones the repository from a public host has only the repository: the unit
-tests pass in a fresh clone of HEAD that has nothing next to it (no `../shared`), with no
+tests pass in a fresh clone of HEAD that has no other folder next to it, with no
 broker, using this virtualenv's Python.
 """
 
