@@ -1,16 +1,18 @@
-"""Is this request a genuine Stripe event for this environment? (SPEC §2)
+"""Is this request a genuine Stripe event for this environment? (docs/ingest.md#answers)
 
 Pure: bytes, a header, the secrets and `now` in, a verified `Envelope` or a `Rejection`
 out. No I/O and no clock of its own, so every refusal can be tested without a server.
 
 The HMAC comparison is the `stripe` library's own (`WebhookSignature.verify_header`,
-timing-safe). Before it, the header is parsed here only to tell the operator *which*
-problem it is (missing, malformed, no v1, wrong secret, stale); the decision to accept is
-always the library's.
+timing-safe). Before it, the header must match the grammar in SECURITY.md exactly (one
+`t` of plain digits, `v1` values of 64 hex digits, nothing else loose), so that the
+timestamp checked for freshness here is the one the library verifies; the decision that
+the signature matches is always the library's.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,23 +22,11 @@ import orjson
 # import_module call) on every access, which showed up in the per-request profile
 from stripe import SignatureVerificationError, WebhookSignature
 
-# SPEC §2: the event types the reward rules read. Other verified types are answered 200
-# and not written, so the log holds only what a fold can use.
-HANDLED_EVENT_TYPES = frozenset(
-    {
-        "charge.refunded",
-        "charge.succeeded",
-        "charge.updated",
-        "customer.created",
-        "customer.deleted",
-        "customer.updated",
-        "customer.subscription.created",
-        "customer.subscription.deleted",
-        "customer.subscription.updated",
-        "invoice.paid",
-        "invoice_payment.paid",
-    }
-)
+from schemas.stripe import READ_TYPES, StripeParseError, read_envelope
+
+# The event types the reward rules read (docs/rules.md#stripe-input). Other verified types
+# are answered 200 and not written, so the log holds only what a fold can use.
+HANDLED_EVENT_TYPES = READ_TYPES
 
 LIVEMODE = {"sandbox": False, "production": True}
 
@@ -70,8 +60,36 @@ def _bad(code: str, message: str) -> Rejection:
     return Rejection(400, code, message)
 
 
+# The Stripe-Signature grammar ingest accepts, stated in SECURITY.md ("Signature header").
+# Stripe sends `t=<unix seconds>,v1=<64 hex>[,v1=…][,v0=<64 hex>]`; anything looser is refused
+# before the `stripe` library sees it, because the library reads the FIRST `t` and `int()`
+# takes "+1_7…", "٣" or 4,000 digits: the timestamp judged for freshness must be the one that
+# is signed, and with exactly one plain `t` it is.
+MAX_SIGNATURE_HEADER_CHARS = 1024
+MAX_TIMESTAMP_DIGITS = 12
+MAX_OTHER_VALUE_CHARS = 256
+V1_HEX_CHARS = 64  # HMAC-SHA256, hex
+_V1 = re.compile(f"[0-9a-fA-F]{{{V1_HEX_CHARS}}}")
+_SCHEME = re.compile(r"[a-z][a-z0-9_]{0,15}")
+_OTHER_VALUE = re.compile(f"[\\x21-\\x2b\\x2d-\\x7e]{{1,{MAX_OTHER_VALUE_CHARS}}}")  # visible ASCII but ","
+
+
+def _malformed(problem: str) -> Rejection:
+    # never echoes the header: it may carry a captured signature
+    return _bad(
+        "malformed_signature",
+        f"The Stripe-Signature header is malformed: {problem}. Stripe sends exactly "
+        "`t=<unix seconds>,v1=<64 hex digits>` (more `v1`, or a `v0`, may follow); see "
+        "SECURITY.md for the grammar. Send the header exactly as Stripe computed it; a "
+        "proxy may have altered it.",
+    )
+
+
 def parse_signature_header(header: str | None) -> tuple[int, list[str], list[str]]:
-    """(timestamp, v1 values, other schemes) of a `Stripe-Signature` header, or a Rejection."""
+    """(timestamp, v1 values, other schemes) of a `Stripe-Signature` header, or a Rejection.
+
+    The whole grammar is checked here (SECURITY.md); the HMAC itself is the library's.
+    """
     if header is None or not header.strip():
         raise _bad(
             "missing_signature",
@@ -79,29 +97,32 @@ def parse_signature_header(header: str | None) -> tuple[int, list[str], list[str
             "are accepted here: send events from the Stripe Dashboard or `stripe listen`, "
             "or sign test requests the way Stripe does.",
         )
-    timestamp: int | None = None
+    if len(header) > MAX_SIGNATURE_HEADER_CHARS:
+        raise _malformed(f"it is longer than {MAX_SIGNATURE_HEADER_CHARS} characters")
+    t_text: str | None = None
     v1: list[str] = []
     others: list[str] = []
-    for item in header.split(","):
-        key, sep, value = item.strip().partition("=")
-        if not sep or not key:
-            continue
+    for position, item in enumerate(header.split(","), 1):
+        key, sep, value = item.partition("=")
         if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                timestamp = None
+            if t_text is not None:
+                raise _malformed("it has more than one `t`")
+            t_text = value
         elif key == "v1":
+            if not _V1.fullmatch(value):
+                raise _malformed(f"a `v1` value is not {V1_HEX_CHARS} hex digits")
             v1.append(value)
+        elif not sep or not _SCHEME.fullmatch(key) or not _OTHER_VALUE.fullmatch(value):
+            raise _malformed(f"item {position} is not `scheme=value` (lowercase scheme, at most "
+                             f"{MAX_OTHER_VALUE_CHARS} visible ASCII characters, no spaces)")
         else:
             others.append(key)
-    if timestamp is None:
-        raise _bad(
-            "malformed_signature",
-            "The Stripe-Signature header has no valid timestamp (expected "
-            "`t=<unix seconds>,v1=<hex signature>`). Send the header exactly as Stripe "
-            "computed it; a proxy may have altered it.",
-        )
+    if t_text is None:
+        raise _malformed("it has no `t=` timestamp")
+    if not (0 < len(t_text) <= MAX_TIMESTAMP_DIGITS and t_text.isascii() and t_text.isdigit()
+            and t_text[0] != "0"):
+        raise _malformed(f"its `t` is not 1 to {MAX_TIMESTAMP_DIGITS} ASCII digits without a "
+                         "leading zero")
     if not v1:
         schemes = ", ".join(sorted(set(others))) or "none"
         raise _bad(
@@ -110,7 +131,7 @@ def parse_signature_header(header: str | None) -> tuple[int, list[str], list[str
             "refstream accepts only v1 (HMAC-SHA256) signatures, which Stripe sends on "
             "every live and test delivery; v0 is not checked.",
         )
-    return timestamp, v1, others
+    return int(t_text), v1, others
 
 
 def verify_signature(
@@ -122,7 +143,10 @@ def verify_signature(
     now: float,
     tolerance_s: int,
 ) -> None:
-    """Accept when any v1 value matches any configured secret and the time is fresh."""
+    """Accept when any v1 value matches any configured secret and the time is fresh.
+
+    Fresh: within `tolerance_s` of `now`, in the past or (a clock ahead of ours) the future.
+    """
     timestamp, _, _ = parse_signature_header(header)
     assert header is not None  # parse_signature_header refused a missing one
     try:
@@ -137,10 +161,13 @@ def verify_signature(
     for secret in secrets:
         try:
             # tolerance=None: the library checks only the signature; freshness is judged
-            # below against the caller's clock, which keeps this function pure.
+            # below against the caller's clock, which keeps this function pure. The header
+            # passed the grammar above, so the library reads the same single `t`.
             WebhookSignature.verify_header(body, header, secret, tolerance=None)
         except SignatureVerificationError:
             continue
+        except (TypeError, ValueError, IndexError):  # pragma: no cover - the grammar rules these out
+            raise _malformed("the signature library could not read it") from None
         matched = True
         break
     if not matched:
@@ -159,10 +186,30 @@ def verify_signature(
             "this is a genuine retry, check the clock of this server (NTP); Stripe signs "
             "every retry afresh.",
         )
+    if timestamp > now + tolerance_s:
+        raise _bad(
+            "future_timestamp",
+            f"The signature is valid but its timestamp is {int(timestamp - now)} s ahead of "
+            f"this server's clock, more than the {tolerance_s} s tolerance. Check the clock "
+            "of this server (NTP).",
+        )
+
+
+# Echoed in answers and logged at most this long: a signed event can carry a 100 KB `type`.
+MAX_ECHO_CHARS = 64
+
+
+def short(text: str) -> str:
+    """`text` cut to MAX_ECHO_CHARS (with "…" when cut), for answers and log lines."""
+    return text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 1] + "…"
 
 
 def check_envelope(body: bytes, *, env: str) -> Envelope:
-    """The body must be a Stripe event object whose livemode matches the environment."""
+    """The body must be a Stripe event object whose livemode matches the environment.
+
+    The envelope fields are checked by the worker's own reader (`schemas.stripe.read_envelope`),
+    so a signed event the worker would set aside for its envelope is refused here instead.
+    """
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -177,27 +224,27 @@ def check_envelope(body: bytes, *, env: str) -> Envelope:
             'The body is JSON but not a Stripe event object (expected "object": "event"). '
             "Point only Stripe webhook endpoints at refstream.",
         )
-    event_id = doc.get("id")
-    if not isinstance(event_id, str) or not event_id.startswith("evt_"):
+    try:
+        event_id, event_type, _, _, _, obj = read_envelope(doc)
+    except StripeParseError as exc:
+        field = exc.path.removeprefix("$.")
+        raise _bad(
+            "not_an_event",
+            f'The event\'s "{field}" field is missing or wrong ({exc.problem}); refstream '
+            "needs it to process the event. Send events exactly as Stripe delivers them.",
+        ) from None
+    if not event_id.startswith("evt_"):
         raise _bad(
             "not_an_event",
             'The event has no "id" starting with "evt_". Send events as Stripe delivers them.',
         )
-    event_type = doc.get("type")
-    if not isinstance(event_type, str) or not event_type:
-        raise _bad("not_an_event", 'The event has no "type" string. Send events as Stripe delivers them.')
-    data = doc.get("data")
-    obj = data.get("object") if isinstance(data, dict) else None
-    if not isinstance(obj, dict):
-        raise _bad(
-            "not_an_event",
-            'The event has no "data.object" object. Send events as Stripe delivers them.',
-        )
     livemode = doc.get("livemode")
     expected = LIVEMODE[env]
-    if not isinstance(livemode, bool):
+    if not isinstance(livemode, bool):  # read_envelope takes a missing one as false
         raise _bad(
-            "not_an_event", 'The event has no boolean "livemode". Send events as Stripe delivers them.'
+            "not_an_event",
+            'The event\'s "livemode" field is missing or wrong (expected true or false); '
+            "refstream needs it to process the event. Send events exactly as Stripe delivers them.",
         )
     if livemode is not expected:
         right = "production" if livemode else "sandbox"

@@ -553,8 +553,12 @@ def _parse_object(event_type: str, obj: dict[str, Any]) -> StripeObject | None:
     return parsed
 
 
-def parse_envelope(doc: Any) -> StripeEvent:
-    """A StripeEvent from an already-decoded JSON document."""
+def read_envelope(doc: Any) -> tuple[str, str, int, bool, str | None, dict[str, Any]]:
+    """(id, type, created, livemode, api_version, data.object) of a decoded event document.
+
+    The envelope checks alone, without reading the object: ingest refuses what fails here,
+    so the worker never dead-letters a signed event for its envelope. Raises StripeParseError.
+    """
     if type(doc) is not dict:
         raise StripeParseError("$", f"expected a JSON object, got {_type_name(doc)}")
     if doc.get("object", "event") != "event":
@@ -574,10 +578,15 @@ def parse_envelope(doc: Any) -> StripeEvent:
     if type(obj) is not dict:
         raise StripeParseError("data.object", "expected the event's object")
     api_version = doc.get("api_version")
+    return event_id, event_type, created, livemode, api_version if type(api_version) is str else None, obj
+
+
+def parse_envelope(doc: Any) -> StripeEvent:
+    """A StripeEvent from an already-decoded JSON document."""
+    event_id, event_type, created, livemode, api_version, obj = read_envelope(doc)
     parser = _PARSERS.get(event_type)  # _parse_object, inline
     return StripeEvent(
-        event_id, event_type, created, livemode, api_version if type(api_version) is str else None,
-        None if parser is None else parser(obj),
+        event_id, event_type, created, livemode, api_version, None if parser is None else parser(obj),
     )
 
 
