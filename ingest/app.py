@@ -1,7 +1,9 @@
-"""The webhook service: verify → write → answer (SPEC §2).
+"""The webhook service: verify → write → answer (docs/ingest.md).
 
 `create_app(settings, event_log)` builds the aiohttp application; the caller injects the
 settings and the `EventLog`, so tests and the CLI run the same code against real Kafka.
+Serve it with `ingest.server` (`IngestRunner`, `serve`), which answers aiohttp's own
+refusals in the same JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from aiohttp import web
 from ingest.log_lines import info_line, lone_batched_handler
 from ingest.metrics import CONTENT_TYPE, IngestMetrics
 from ingest.producer import EventLog, LogUnavailable
-from ingest.verify import Envelope, Rejection, check_envelope, verify_signature
+from ingest.verify import (
+    Envelope,
+    Rejection,
+    check_envelope,
+    parse_signature_header,
+    short,
+    verify_signature,
+)
 from refstream.settings import ENVIRONMENTS, Settings
 from schemas.topics import H_ENV, H_EVENT_ID, H_EVENT_TYPE, H_RECEIVED_AT, Topics
 
@@ -55,6 +64,21 @@ def _json(status: int, doc: object) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")
 
 
+# Passed to every connection's RequestHandler by the app itself (handler_args), so they
+# hold however the app is served. Stripe never compresses a webhook: the body must stay
+# the bytes received (they are what is signed and what is stored), and inflating before
+# the signature check would let anyone make ingest inflate a bomb. LINGER_S bounds how long
+# the rest of a refused body is read and dropped before the connection closes.
+LINGER_S = 2.0
+HANDLER_ARGS = {
+    "auto_decompress": False,
+    "lingering_time": LINGER_S,
+    "max_line_size": 8190,
+    "max_field_size": 8190,
+    "max_headers": 128,
+}
+
+
 def _too_large(limit: int) -> Rejection:
     return Rejection(
         413,
@@ -75,63 +99,156 @@ async def _read_body(request: web.Request, limit: int, timeout_s: float) -> byte
     # arming a timer; only a body still on its way is awaited, within timeout_s.
     chunks: list[bytes] = []
     size = 0
-    chunk = content.read_nowait()
-    while chunk:
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
+    try:
         chunk = content.read_nowait()
-    if not content.at_eof():
-        try:
-            async with asyncio.timeout(timeout_s):
-                while chunk := await content.readany():
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > limit:
-                        raise _too_large(limit)
-        except TimeoutError:
-            raise Rejection(
-                408,
-                "body_timeout",
-                f"The body did not arrive within {timeout_s:g} s. Send the whole body at once.",
-            ) from None
+        while chunk:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunk = content.read_nowait()
+        if not content.at_eof():
+            try:
+                async with asyncio.timeout(timeout_s):
+                    while chunk := await content.readany():
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        if size > limit:
+                            raise _too_large(limit)
+            except TimeoutError:
+                raise Rejection(
+                    408,
+                    "body_timeout",
+                    f"The body did not arrive within {timeout_s:g} s. Send the whole body at once.",
+                ) from None
+    except ConnectionResetError:
+        # the client went away mid-body: nobody reads the answer, but it is no server error
+        raise _client_closed() from None
+    except web.RequestPayloadError:
+        # a chunk that breaks off or is malformed after the headers were parsed
+        raise Rejection(
+            400,
+            "bad_body",
+            "The body could not be read: its chunked encoding is broken or it ended early. "
+            "Send the body with one Content-Length, as Stripe does.",
+        ) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def _client_closed() -> Rejection:
+    # 499: nginx's "client closed request"; counted, never seen by anyone
+    return Rejection(499, "client_closed", "The connection closed before the whole body arrived. "
+                     "Send the whole body.")
+
+
+def _unknown_environment(env: str) -> Rejection:
+    return Rejection(
+        404,
+        "unknown_environment",
+        f"There is no environment {short(env)!r}. Use /webhooks/stripe/sandbox for "
+        "test-mode events or /webhooks/stripe/production for live-mode events.",
+    )
+
+
+def _check_head(request: web.Request, ingest: Ingest, env: str) -> tuple[str, ...]:
+    """The checks the request line and headers allow, before any of the body is read (or,
+    with `Expect: 100-continue`, invited): environment, encoding, declared size. Returns
+    the environment's secrets."""
+    if env not in ENVIRONMENTS:
+        raise _unknown_environment(env)
+    secrets = ingest.settings.stripe_secrets.get(env, ())
+    if not secrets:
+        raise Rejection(
+            404,
+            "environment_not_configured",
+            f"The {env!r} endpoint has no signing secret configured, so it accepts "
+            f"nothing. Set REFSTREAM_STRIPE_SECRETS_{env.upper()} to the endpoint's "
+            "whsec_… secret and restart ingest.",
+        )
+    headers = request.headers
+    if "Content-Encoding" in headers and any(
+        value.strip().lower() != "identity" for value in headers.getall("Content-Encoding")
+    ):
+        raise Rejection(
+            415,
+            "unsupported_content_encoding",
+            "The body has a Content-Encoding (e.g. gzip); Stripe never compresses webhook "
+            "bodies, and refstream stores the signed bytes exactly as received. Send the body "
+            "uncompressed, without a Content-Encoding header.",
+        )
+    if "Transfer-Encoding" in headers and headers.get("Transfer-Encoding", "").strip().lower() != "chunked":
+        # aiohttp's parser has already refused one that does not end in chunked; "gzip, chunked"
+        # would be stored de-chunked but still compressed
+        raise Rejection(
+            415,
+            "unsupported_transfer_encoding",
+            "The body has a Transfer-Encoding other than chunked (e.g. gzip, chunked); refstream "
+            "stores the signed bytes exactly as received. Send one Content-Length, as Stripe does.",
+        )
+    limit = ingest.settings.max_body_bytes
+    content_length = request.content_length
+    if content_length is not None and content_length > limit:
+        raise _too_large(limit)
+    return secrets
+
+
+def _signature_header(request: web.Request) -> str | None:
+    values = request.headers.getall("Stripe-Signature", ())
+    if len(values) > 1:
+        # which one would be checked? A proxy may also join them with ",": refused alike
+        raise Rejection(
+            400,
+            "malformed_signature",
+            "The request has more than one Stripe-Signature header. Stripe sends exactly "
+            "one; send the header exactly as Stripe computed it.",
+        )
+    return values[0] if values else None
+
+
 _STORED = orjson.dumps({"received": True, "stored": True})
+# refusals whose body was not (all) read: a 400 for a broken body, 408, 413, 415
+_CLOSE_AFTER = frozenset({408, 413, 415})
+
+
+def _env(request: web.Request) -> str:
+    # the known environments have plain routes (no pattern to match), the rest the pattern
+    return request.match_info.get("env") or request.path[len(WEBHOOK_PREFIX):]
+
+
+def _record(ingest: Ingest, env_label: str, status: int, outcome: str, started: float,
+            envelope: Envelope | None) -> None:
+    """Count and log one webhook request (one line, no header or body)."""
+    elapsed = time.perf_counter() - started
+    ingest.metrics.request_done(env_label, status, outcome, elapsed)
+    fields = {
+        "env": env_label,
+        "event_id": short(envelope.event_id) if envelope else None,
+        "event_type": short(envelope.event_type) if envelope else None,
+        "status": status,
+        "outcome": outcome,
+        "latency_ms": round(elapsed * 1000, 2),
+    }
+    handler = lone_batched_handler(log)
+    if handler is not None:
+        handler.add_line(info_line(log, "webhook", fields))
+    else:
+        log.info("webhook", extra=fields)
 
 
 async def webhook(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
     started = time.perf_counter()
     received_at = ingest.clock()
-    # the known environments have plain routes (no pattern to match), the rest the pattern
-    env = request.match_info.get("env") or request.path[len(WEBHOOK_PREFIX):]
+    env = _env(request)
     env_label = env if env in ENVIRONMENTS else "unknown"
     envelope: Envelope | None = None
     status, outcome = 500, "internal_error"
     try:
-        if env not in ENVIRONMENTS:
-            raise Rejection(
-                404,
-                "unknown_environment",
-                f"There is no environment {env[:40]!r}. Use /webhooks/stripe/sandbox for "
-                "test-mode events or /webhooks/stripe/production for live-mode events.",
-            )
-        secrets = ingest.settings.stripe_secrets.get(env, ())
-        if not secrets:
-            raise Rejection(
-                404,
-                "environment_not_configured",
-                f"The {env!r} endpoint has no signing secret configured, so it accepts "
-                f"nothing. Set REFSTREAM_STRIPE_SECRETS_{env.upper()} to the endpoint's "
-                "whsec_… secret and restart ingest.",
-            )
+        secrets = _check_head(request, ingest, env)
         body = await _read_body(request, ingest.settings.max_body_bytes, ingest.body_timeout_s)
         verify_signature(
             body,
-            request.headers.get("Stripe-Signature"),
+            _signature_header(request),
             secrets,
             env=env,
             now=received_at,
@@ -141,7 +258,7 @@ async def webhook(request: web.Request) -> web.Response:
         if not envelope.handled:
             status, outcome = 200, "ignored"
             return _json(200, {"received": True, "stored": False,
-                               "reason": f"refstream does not use {envelope.event_type!r} events"})
+                               "reason": f"refstream does not use {short(envelope.event_type)!r} events"})
         headers = [
             (H_EVENT_ID, envelope.event_id.encode()),
             (H_EVENT_TYPE, envelope.event_type.encode()),
@@ -154,30 +271,21 @@ async def webhook(request: web.Request) -> web.Response:
     except Rejection as rejection:
         status, outcome = rejection.status, rejection.code
         response = _json(rejection.status, rejection.body())
-        if rejection.status in (408, 413):
-            # the rest of an oversized or stalled body is not worth waiting for
+        if rejection.status in _CLOSE_AFTER or rejection.code in ("bad_body", "client_closed"):
+            # the rest of this body is not worth reading: close (after at most LINGER_S)
             response.force_close()
         return response
+    except asyncio.CancelledError:
+        # the client went away and the server cancels handlers on disconnect
+        # (handler_cancellation): counted as such, not as a server error
+        status, outcome = 499, "client_closed"
+        raise
     except LogUnavailable as exc:
         status, outcome = 503, exc.code
         ingest.metrics.produce_errors.labels(env_label, exc.code).inc()
         return _json(503, {"error": {"code": exc.code, "message": exc.message}})
     finally:
-        elapsed = time.perf_counter() - started
-        ingest.metrics.request_done(env_label, status, outcome, elapsed)
-        fields = {
-            "env": env_label,
-            "event_id": envelope.event_id if envelope else None,
-            "event_type": envelope.event_type if envelope else None,
-            "status": status,
-            "outcome": outcome,
-            "latency_ms": round(elapsed * 1000, 2),
-        }
-        handler = lone_batched_handler(log)
-        if handler is not None:
-            handler.add_line(info_line(log, "webhook", fields))
-        else:
-            log.info("webhook", extra=fields)
+        _record(ingest, env_label, status, outcome, started, envelope)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -228,24 +336,73 @@ async def json_errors(
         )
 
 
+_NOT_CONTINUE = orjson.dumps({"error": {"code": "expectation_failed", "message":
+                                        "Only `Expect: 100-continue` is supported; send the request "
+                                        "without any other Expect header."}})
+
+
+async def _refuse_now(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Answer an `Expect` request without inviting its body, and close the connection at once.
+
+    The client holds the body back until `100 Continue`, which never comes: waiting for
+    that body to drain (aiohttp's lingering close) would keep the connection open for
+    nothing, so the answer is written here and the connection closed behind it.
+    """
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the transport closes once the answer is flushed
+    return response
+
+
+async def _continue(request: web.Request) -> None:
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the interim answer is not part of the response
+
+
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     """`Expect: 100-continue` is answered; any other expectation gets a JSON 417.
 
     aiohttp's default handler answers 500 when the unknown value is not ASCII (found by
     the fuzz suite), so ingest handles the header itself.
     """
-    expect = request.headers.get("Expect", "")
     if request.version < (1, 1):
         return None
-    if expect.lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the interim answer is not part of the response
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await _continue(request)
         return None
-    response = _json(417, {"error": {"code": "expectation_failed", "message":
-                                     "Only `Expect: 100-continue` is supported; send the request "
-                                     "without any other Expect header."}})
-    response.force_close()
-    return response
+    return await _refuse_now(request, web.Response(status=417, body=_NOT_CONTINUE,
+                                                   content_type="application/json"))
+
+
+async def webhook_expect(request: web.Request) -> web.StreamResponse | None:
+    """A webhook's body is invited only once its request line and headers pass.
+
+    Environment, encoding, declared size and the signature header's grammar are checked
+    first; a refusal is answered at once, without `100 Continue`, and the connection closed.
+    """
+    if request.version < (1, 1):
+        return None
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return await expect_continue(request)
+    ingest = request.app[INGEST]
+    env = _env(request)
+    try:
+        _check_head(request, ingest, env)
+        parse_signature_header(_signature_header(request))
+    except Rejection as rejection:
+        _record(ingest, env if env in ENVIRONMENTS else "unknown", rejection.status, rejection.code,
+                time.perf_counter(), None)
+        return await _refuse_now(request, _json(rejection.status, rejection.body()))
+    await _continue(request)
+    return None
+
+
+async def not_found_expect(request: web.Request) -> web.StreamResponse | None:
+    """Nothing is served here: refuse before the body is invited."""
+    if request.version < (1, 1) or request.headers.get("Expect", "").lower() != "100-continue":
+        return await expect_continue(request)
+    return await _refuse_now(request, await not_found(request))
 
 
 _ALLOWED = {"/healthz": "GET, HEAD", "/readyz": "GET, HEAD", "/metrics": "GET, HEAD"}
@@ -275,18 +432,18 @@ def create_app(
     clock: Callable[[], float] = time.time,
     body_timeout_s: float = 10.0,
 ) -> web.Application:
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application(middlewares=[json_errors], handler_args=HANDLER_ARGS)
     app[INGEST] = Ingest(settings, event_log, topic_prefix, clock, body_timeout_s)
     # A plain path is found by one dict lookup; the pattern costs a regex match and a
     # match dict per request (12.7 -> 5.6 µs per resolve).
     for env in ENVIRONMENTS:
-        app.router.add_post(WEBHOOK_PREFIX + env, webhook, expect_handler=expect_continue)
-    app.router.add_post(WEBHOOK_PATH, webhook, expect_handler=expect_continue)
+        app.router.add_post(WEBHOOK_PREFIX + env, webhook, expect_handler=webhook_expect)
+    app.router.add_post(WEBHOOK_PATH, webhook, expect_handler=webhook_expect)
     for path, probe in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics)):
         app.router.add_get(path, probe, expect_handler=expect_continue)
     # Every other request lands here rather than on aiohttp's built-in 404/405, whose
     # Expect handling cannot be replaced (see expect_continue).
-    app.router.add_route("*", "/{tail:.*}", not_found, expect_handler=expect_continue)
+    app.router.add_route("*", "/{tail:.*}", not_found, expect_handler=not_found_expect)
 
     async def connect_log(app: web.Application) -> None:
         # connect now, so the first delivery does not pay for it; Kafka being down here

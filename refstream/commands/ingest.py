@@ -29,11 +29,10 @@ IDLE_TIMEOUT_S = 15.0
                    "the broker less per webhook, at that much added latency.")
 def ingest(host: str, port: int, reuse_port: bool, workers: int, topic_prefix: str, linger_ms: int) -> None:
     """Receive Stripe webhooks, verify them and write them to Kafka."""
-    from aiohttp import web
-
     from ingest.app import create_app
     from ingest.log_lines import use_batched_stderr
     from ingest.producer import EventLog
+    from ingest.server import serve
     from refstream import jsonlog
 
     jsonlog.configure()
@@ -71,12 +70,13 @@ def ingest(host: str, port: int, reuse_port: bool, workers: int, topic_prefix: s
                "kafka": settings.kafka_bootstrap, "produce_timeout_s": settings.produce_timeout_s},
     )
     try:
-        web.run_app(app, host=host, port=port, access_log=None, print=None, reuse_port=reuse_port,
-                    handle_signals=True, shutdown_timeout=settings.produce_timeout_s + 1,
-                    # a connection that sends no complete request (idle, or stalled inside
-                    # its headers) is closed after this; bodies have BODY_TIMEOUT_S
-                    keepalive_timeout=IDLE_TIMEOUT_S,
-                    loop=_event_loop())
+        # as web.run_app, but aiohttp's own refusals are answered in ingest's JSON too
+        serve(app, host=host, port=port, reuse_port=reuse_port,
+              shutdown_timeout=settings.produce_timeout_s + 1,
+              # a connection that sends no complete request (idle, or stalled inside
+              # its headers) is closed after this; bodies have BODY_TIMEOUT_S
+              keepalive_timeout=IDLE_TIMEOUT_S,
+              loop=_event_loop())
     except OSError as exc:
         raise click.ClickException(
             f"Cannot listen on {host}:{port} ({exc.strerror}). Stop the program using it or "

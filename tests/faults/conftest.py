@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ingest.app import create_app
 from ingest.producer import EventLog
+from ingest.server import IngestRunner
 from refstream import localkafka
 from refstream.settings import Settings
 from tests.conftest import _free_port_pair
@@ -115,7 +116,7 @@ def ingest_server(cfg: Settings, prefix: str, *, keepalive_timeout: float = 15.0
     async def start() -> None:
         event_log = EventLog(cfg.kafka_bootstrap, timeout_s=cfg.produce_timeout_s)
         app = create_app(cfg, event_log, topic_prefix=prefix, **app_kwargs)
-        runner = web.AppRunner(app, access_log=None, keepalive_timeout=keepalive_timeout)
+        runner = IngestRunner(app, access_log=None, keepalive_timeout=keepalive_timeout)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from ingest.app import create_app
 from ingest.producer import EventLog
+from ingest.server import IngestRunner
 from refstream.commands.topics import create_topics
 from refstream.settings import Settings
 
@@ -37,6 +38,13 @@ async def make_topics(bootstrap: str, prefix: str, envs: Sequence[str] = ("sandb
     await create_topics(bootstrap, envs, prefix=prefix, partitions=partitions)
 
 
+class IngestTestServer(TestServer):
+    """aiohttp's TestServer, serving through IngestRunner as `refstream ingest` does."""
+
+    async def _make_runner(self, **kwargs: Any) -> IngestRunner:
+        return IngestRunner(self.app, **kwargs)
+
+
 @asynccontextmanager
 async def running_ingest(
     cfg: Settings, prefix: str, **app_kwargs: Any
@@ -44,7 +52,7 @@ async def running_ingest(
     """ingest on a real socket on a free 127.0.0.1 port, with a client for it."""
     event_log = EventLog(cfg.kafka_bootstrap, timeout_s=cfg.produce_timeout_s)
     app = create_app(cfg, event_log, topic_prefix=prefix, **app_kwargs)
-    client = TestClient(TestServer(app, host="127.0.0.1"))
+    client = TestClient(IngestTestServer(app, host="127.0.0.1"))
     await client.start_server()
     try:
         yield client

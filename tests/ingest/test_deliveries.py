@@ -22,7 +22,7 @@ from tests.ingest.helpers import (
     settings,
 )
 
-# Which fixture objects each handled event type carries (SPEC §2's allow-list).
+# Which fixture objects each handled event type carries (the types docs/ingest.md lists as written).
 EVENT_TYPES_BY_OBJECT = {
     "charge.json": ["charge.succeeded", "charge.refunded", "charge.updated"],
     "customer.json": ["customer.created", "customer.updated"],

@@ -1,4 +1,4 @@
-"""`refstream topics create` makes the SPEC §1 topics with their configs; twice is harmless."""
+"""`refstream topics create` makes the topics of docs/design.md with their configs; twice is harmless."""
 
 from __future__ import annotations
 
