@@ -75,7 +75,7 @@ async def test_the_demo_shows_its_run_its_commands_and_what_deciding_its_case_re
             "1", "USD", "5.00", "0.00", "5.00", "0.00", "0.00", "—"]
         # the commands counted by kind, not listed one by one
         assert "new_signup 14" in shown and "payout_created 4" in shown and "late_attribution 1" in shown
-        assert "payout 4" in shown and "`refstream demo --all` lists each one" in shown
+        assert "payout 4" in shown and f"`{REFSTREAM} demo --all` lists each one" in shown
         assert "notification reward_earned" not in shown
 
         resolve = next(line.strip() for line in lines.seen if " review resolve " in line)

@@ -15,17 +15,15 @@ import asyncio
 import hashlib
 import hmac
 import os
-import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from refstream.commands import refstream_command
 from refstream.commands.kafka_access import NotWritten, Unconfirmed, failure
 from refstream.commands.payouts import append_control, settings_or_fail
 from refstream.commands.review import Queue, load_queue, read_to_end
@@ -36,19 +34,6 @@ AS_OF = "2026-02-15T00:00:00+00:00"
 RUN_ID = "demo-2026-02-15"
 REVIEW_RUN_ID = "demo-2026-02-15-after-review"
 T = TypeVar("T")
-
-
-def refstream_command() -> str:
-    """How the person should type this command: `refstream` when that is what their PATH
-    finds, else the path of this one (`.venv/bin/refstream` in a checkout)."""
-    here = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
-    on_path = shutil.which("refstream")
-    if here is None or here.name != "refstream" or (on_path and Path(on_path).resolve() == here):
-        return "refstream"
-    try:
-        return str(here.relative_to(Path.cwd()))
-    except ValueError:
-        return str(here)
 
 
 def _sign(body: bytes, secret: str) -> str:
@@ -314,7 +299,7 @@ class Demo:
             for c in sorted(shown, key=_order):
                 _print_command(c)
         else:
-            click.echo("  (`refstream demo --all` lists each one)")
+            click.echo(f"  (`{refstream_command()} demo --all` lists each one)")
 
         case = next(c for c in folded if isinstance(c, commands.ReviewCase))
         await self.review(case, wait_for_review)

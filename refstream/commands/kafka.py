@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from refstream import localkafka
+from refstream.commands import refstream_command
 
 
 def _data_dir(value: str | None) -> Path:
@@ -41,13 +42,13 @@ def up(port: int, data_dir: str | None, brokers: int, detach: bool) -> None:
                    f"{cluster.data_dir}); left as it is.")
         if not detach:
             click.echo("This `up` did not start it, so it will not stop it either: "
-                       f"`refstream kafka down --data-dir {cluster.data_dir}` does.")
+                       f"`{refstream_command()} kafka down --data-dir {cluster.data_dir}` does.")
         return
     click.echo(f"Kafka {localkafka.KAFKA_VERSION} is ready at {cluster.bootstrap}")
     for line in localkafka.describe(cluster):
         click.echo(f"  {line}")
     if detach:
-        click.echo(f"Stop it with: refstream kafka down --data-dir {cluster.data_dir}")
+        click.echo(f"Stop it with: {refstream_command()} kafka down --data-dir {cluster.data_dir}")
         return
     click.echo("Press Ctrl-C to stop it.")
     stop = False

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import click
 import orjson
 
-from refstream.commands import kafka_access
+from refstream.commands import kafka_access, refstream_command
 from refstream.commands.kafka_access import (
     NotWritten,
     Stalled,
@@ -140,8 +140,8 @@ def list_(show_all: bool, as_json: bool, topic_prefix: str) -> None:
         click.echo(f"{case.case_id:34} {case.kind:22} {case.ucc:16} {case.referral_id:18} "
                    f"{_when(case.opened_at):17} {status}")
     if not show_all:
-        click.echo(f"\n{len(shown)} open. Decide one with: refstream review resolve CASE --approve|--reject "
-                   "--reason TEXT")
+        click.echo(f"\n{len(shown)} open. Decide one with: {refstream_command()} review resolve CASE "
+                   "--approve|--reject --reason TEXT")
 
 
 @review.command(name="resolve")
