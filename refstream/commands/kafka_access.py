@@ -21,7 +21,6 @@ import click
 # `kafka_access.TIMEOUT_S` where used, so a test can shorten it)
 TIMEOUT_S = 10.0
 
-
 FIX = "Start the broker (`refstream kafka up --detach`) or point REFSTREAM_KAFKA_BOOTSTRAP at one that runs."
 
 
@@ -75,7 +74,7 @@ class Stalled(Exception):
         self.seconds = seconds
 
 
-def why(exc: BaseException, waited_s: float | None = None) -> str:
+def why(exc: BaseException) -> str:
     """What the broker did, to follow "Kafka at HOST:PORT"."""
     from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
@@ -89,7 +88,7 @@ def why(exc: BaseException, waited_s: float | None = None) -> str:
     if isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED:
         return "refused the connection (nothing listens on that port)"
     if isinstance(cause, (TimeoutError, asyncio.TimeoutError, KafkaTimeoutError)):
-        return f"did not answer within {TIMEOUT_S if waited_s is None else waited_s:g} s"
+        return f"did not answer within {TIMEOUT_S:g} s"
     if isinstance(cause, OSError):
         return f"could not be reached ({cause.strerror or cause})"
     if isinstance(exc, KafkaConnectionError):
@@ -99,12 +98,12 @@ def why(exc: BaseException, waited_s: float | None = None) -> str:
     return f"failed ({type(exc).__name__}: {exc})"
 
 
-def failure(bootstrap: str, problem: str, exc: BaseException, *, after: str = "", fix: str = FIX,
-            waited_s: float | None = None) -> click.ClickException:
+def failure(bootstrap: str, problem: str, exc: BaseException, *, after: str = "",
+            fix: str = FIX) -> click.ClickException:
     """`problem`: what did not happen, e.g. "Cannot read the review queue"; `after`: what
     the person should know about the state it left, before the fix."""
     return click.ClickException(
-        f"{problem}: Kafka at {bootstrap} {why(exc, waited_s)}. {after + ' ' if after else ''}{fix}"
+        f"{problem}: Kafka at {bootstrap} {why(exc)}. {after + ' ' if after else ''}{fix}"
     )
 
 
