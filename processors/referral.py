@@ -74,7 +74,10 @@ class CustomerState(NamedTuple):
     subscriptions: dict[str, SubscriptionSnapshot] | None = None
     links: dict[str, str] | None = None  # charge / payment intent id → payment id
     one_offs: tuple[str, ...] = ()  # charges with an explicit `"invoice": null`
-    pending_refunds: dict[str, PendingRefund] | None = None  # by charge id
+    # by charge id: each larger cumulative refund seen while the charge waits for its
+    # customer's attribution or its link, in order, so that the link or the attribution
+    # sends the very steps the refunds would have made had it been there first
+    pending_refunds: dict[str, tuple[PendingRefund, ...]] | None = None
     held: tuple[HeldPayment, ...] = ()
     late: tuple[HeldPayment, ...] = ()  # sent as late: revisited if attributed_at moves earlier
 
@@ -194,22 +197,29 @@ def _send_refund(
 
 
 def _flush_refunds(s: CustomerState, rules: Rules, out: list[Routed]) -> CustomerState:
+    """After the attribution: send every pending refund step; keep the unlinked ones."""
     if not s.pending_refunds or s.ucc is None:
         return s
-    remaining = {
-        charge: r for charge, r in s.pending_refunds.items() if not _send_refund(s, charge, r, rules, out)
-    }
+    remaining = {}
+    for charge, steps in s.pending_refunds.items():
+        linked = False
+        for r in steps:
+            linked = _send_refund(s, charge, r, rules, out)
+        if not linked:
+            remaining[charge] = steps
     return s._replace(pending_refunds=remaining or None)
 
 
 def _flush_linked_refunds(s: CustomerState, rules: Rules, out: list[Routed]) -> CustomerState:
-    """After new links: send the pending refunds that are now linked (and only those)."""
+    """After new links: send the pending refunds that are now linked (and only those), step
+    by step, as they would have gone had the link come first."""
     if not s.pending_refunds or s.ucc is None:
         return s
     remaining = dict(s.pending_refunds)
-    for charge, r in s.pending_refunds.items():
-        if _payment_of(s, charge, r.payment_intent) is not None:
-            _send_refund(s, charge, r, rules, out)
+    for charge, steps in s.pending_refunds.items():
+        if _payment_of(s, charge, steps[-1].payment_intent) is not None:
+            for r in steps:
+                _send_refund(s, charge, r, rules, out)
             del remaining[charge]
     return s._replace(pending_refunds=remaining or None)
 
@@ -336,17 +346,13 @@ def _on_charge(
     if ch.amount_refunded <= 0:
         return s
     pending = s.pending_refunds or {}
-    prev = pending.get(ch.id)
-    if prev is not None and prev.amount_refunded >= ch.amount_refunded:
+    steps = pending.get(ch.id, ())
+    if steps and steps[-1].amount_refunded >= ch.amount_refunded:
         return s  # a duplicate or an older cumulative amount: nothing new
     r = PendingRefund(ch.amount, ch.amount_refunded, ch.payment_intent, ch.currency, ev.created, ev.id)
     if s.ucc is not None and _send_refund(s, ch.id, r, rules, out):
-        if prev is not None:
-            rest = dict(pending)
-            del rest[ch.id]
-            s = s._replace(pending_refunds=rest or None)
-        return s
-    return s._replace(pending_refunds={**pending, ch.id: r})
+        return s  # linked: nothing waits (a charge with pending steps is not linked yet)
+    return s._replace(pending_refunds={**pending, ch.id: (*steps, r)})
 
 
 def _on_subscription(
@@ -385,8 +391,9 @@ def dumps(s: CustomerState) -> bytes:
         s.customer_id, s.created, s.ucc, s.referral_id, s.attributed_at, s.conflicts, s.deleted_at,
         {k: [v.snapshot_at, v.ended_at, v.ended_by, v.reported] for k, v in (s.subscriptions or {}).items()},
         s.links or {}, s.one_offs,
-        {k: [r.amount, r.amount_refunded, r.payment_intent, r.currency, r.created, r.event_id]
-         for k, r in (s.pending_refunds or {}).items()},
+        {k: [[r.amount, r.amount_refunded, r.payment_intent, r.currency, r.created, r.event_id]
+             for r in steps]
+         for k, steps in (s.pending_refunds or {}).items()},
         [_held_row(p) for p in s.held],
         [_held_row(p) for p in s.late],
     ])
@@ -403,7 +410,14 @@ def loads(raw: bytes) -> CustomerState:
         cid, created, ucc, referral, attributed_at, tuple(conflicts), deleted_at,
         {k: SubscriptionSnapshot(*v) for k, v in subs.items()} or None,
         links or None, tuple(one_offs),
-        {k: PendingRefund(*v) for k, v in pending.items()} or None,
+        {k: _pending_steps(v) for k, v in pending.items()} or None,
         tuple(HeldPayment(*p) for p in held),
         tuple(HeldPayment(*p) for p in late),
     )
+
+
+def _pending_steps(rows: list[object]) -> tuple[PendingRefund, ...]:
+    # tables written before refunds kept their steps hold one row: the largest seen
+    if rows and not isinstance(rows[0], list):
+        return (PendingRefund(*rows),)  # type: ignore[arg-type]
+    return tuple(PendingRefund(*row) for row in rows)  # type: ignore[misc]
