@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # schemas and the pure reward core: type-checked with mypy --strict
 PURE := schemas processors/money.py processors/invoice_link.py processors/referral.py \
-	processors/referrer.py processors/engine.py
+	processors/referrer.py processors/engine.py processors/alignment.py processors/stages.py
 
 .PHONY: demo test install lint clean
 

@@ -6,15 +6,16 @@ Stages (docs/design.md) and the topics between them, all keyed like their state:
     worker-customer (key: customer)┴─> customer agent ── table "referrals"
     worker-invoice (key: invoice id) ─> invoice agent ── table "invoice-links"
     worker-referrer (key: ucc)        ─> referrer agent ─ table "referrers" ─> worker-outbox
-    control (1 partition)             ─> control agent (fans payout runs out to every
-                                         worker-referrer partition)
+    control (1 partition)             ─> control agent (a marker per stripe-events
+                                         partition: where the event takes effect)
     worker-outbox (key: ucc)          ─> publisher (transactions, dedupe) ─> payouts,
                                          notifications, reviews
 
-Each agent takes a batch of records, steps them through the pure core against a per-batch
-cache of table values, sends what they produced, waits for the broker to acknowledge all
-of it, and only then writes the new table values (with their watermarks). That order is
-what makes replays harmless: see processors/delivery.py.
+Each agent takes a batch of records, hands each to its stage's per-record work
+(processors/stages.py: decode → alignment → pure step) against a per-batch cache of table
+values, sends what they produced, waits for the broker to acknowledge all of it, and only
+then writes the new table values (with their watermarks and the partition's alignment).
+That order is what makes replays harmless: see processors/delivery.py.
 """
 
 from __future__ import annotations
@@ -23,35 +24,37 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import faust
 from faust.streams import _current_event
 
-from processors import invoice_link, referral, referrer, windows
+from processors import alignment, invoice_link, referral, referrer, windows
+from processors.alignment import Alignment
 from processors.app import WorkerConfig
 from processors.delivery import (
-    H_DEST,
-    H_KIND,
-    H_MSG_ID,
-    KIND_COMMAND,
-    KIND_CONTROL,
-    KIND_EVENT,
-    KIND_STRIPE,
     Envelope,
-    MessageId,
     dumps_envelope,
-    header,
     loads_envelope,
-    murmur2_partition,
 )
-from processors.engine import route_stripe_event
 from processors.publisher import Publisher
-from schemas import commands, control, events
-from schemas.events import CUSTOMER, INVOICE, OUTPUTS, REFERRER, Routed
-from schemas.stripe import StripeEvent, StripeParseError, parse_event
+from processors.stages import (
+    ALIGNMENT_KEY,
+    Counters,
+    Incoming,
+    Out,
+    Stage,
+    Wiring,
+    control_markers,
+    control_placed,
+    is_reserved,
+    stages,
+)
+from schemas import control
+from schemas.events import CUSTOMER, INVOICE, REFERRER, Routed
+from schemas.topics import placed_offset
 
 log = logging.getLogger("refstream.worker")
 
@@ -62,15 +65,6 @@ BATCH = 5000  # records per batch at most
 BACKLOG = 500
 BACKLOG_WITHIN = 1.0
 CACHE_KEYS = 4096  # decoded states kept per stage between batches (see DecodedCache)
-
-
-@dataclass(slots=True)
-class Out:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]]
-    partition: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +81,9 @@ def _codec(module: Any, reuses_rows: bool = False) -> StageCodec:
 
 
 @dataclass
-class Counters:
-    processed: int = 0
-    skipped: int = 0  # replays below the watermark
-    dead_letters: int = 0
+class Timings:
     batches: int = 0
-    records: int = 0  # records taken in batches (processed + skipped + forwarded)
+    records: int = 0  # records taken in batches
     last_batch_at: float = 0.0
     # where the time goes, in seconds: stepping, waiting for the broker's acks, table writes
     step_s: float = 0.0
@@ -138,15 +129,15 @@ class DecodedCache:
 
 
 class Batch:
-    """Table values touched by one batch; written only after its sends are acknowledged.
+    """Table values touched by one batch (a `processors.stages.Store`); written only after the
+    batch's sends are acknowledged.
 
     A key's state is decoded once per batch (not at all when the cache holds what this
     worker wrote last) and encoded once, at the write, however many records of the batch
-    it takes."""
+    it takes. `current` is the record being handled: table reads and writes go to its
+    partition, which is the key's own (every stage is co-partitioned with its input)."""
 
-    def __init__(
-        self, table: faust.Table, stage: StageCodec | None, cache: DecodedCache | None = None,
-    ) -> None:
+    def __init__(self, table: faust.Table, stage: StageCodec, cache: DecodedCache | None = None) -> None:
         self.table = table
         self.stage = stage
         self.cache = cache if cache is not None else DecodedCache(0)
@@ -154,22 +145,34 @@ class Batch:
         self.states: dict[str, Any] = {}
         self.owner: dict[str, faust.types.EventT] = {}
         self.dirty: set[str] = set()
+        self.alignments: dict[int, Alignment] = {}
+        self.aligned_dirty: set[int] = set()
+        self.current: faust.types.EventT | None = None
 
-    def state(self, key: str, env: Envelope) -> Any:
-        if key not in self.states:
-            assert self.stage is not None
-            self.states[key] = self.stage.loads(env.state) if env.state else None
-        return self.states[key]
+    def _read(self, key: str) -> bytes | None:
+        assert self.current is not None
+        # read from the partition of the record that names the key: its own
+        token = _current_event.set(weakref.ref(self.current))
+        try:
+            raw: bytes | None = self.table.get(key)
+            return raw
+        finally:
+            _current_event.reset(token)
 
-    def get(self, key: str, event: faust.types.EventT) -> Envelope:
+    def _write(self, key: str, raw: bytes, owner: faust.types.EventT) -> None:
+        # the table's changelog partition is the owner event's: the key's own
+        token = _current_event.set(weakref.ref(owner))
+        try:
+            self.table[key] = raw
+        finally:
+            _current_event.reset(token)
+
+    # --- Store ----------------------------------------------------------------------------
+
+    def envelope(self, key: str) -> Envelope:
         env = self.envelopes.get(key)
         if env is None:
-            # read from the partition of the record that names the key: its own
-            token = _current_event.set(weakref.ref(event))
-            try:
-                raw = self.table.get(key)
-            finally:
-                _current_event.reset(token)
+            raw = self._read(key)
             hit = self.cache.get(key, raw)
             if hit is None:
                 env = loads_envelope(raw)
@@ -177,28 +180,53 @@ class Batch:
                 env = Envelope(None, hit[0])
                 self.states[key] = hit[1]
             self.envelopes[key] = env
-            self.owner[key] = event
+            assert self.current is not None
+            self.owner[key] = self.current
         return env
 
-    def touch(self, key: str, event: faust.types.EventT) -> None:
+    def state(self, key: str, env: Envelope) -> Any:
+        if key not in self.states:
+            self.states[key] = self.stage.loads(env.state) if env.state else None
+        return self.states[key]
+
+    def put(self, key: str, state: Any) -> None:
+        assert self.current is not None
+        self.states[key] = state
         self.dirty.add(key)
-        self.owner[key] = event
+        self.owner[key] = self.current
+
+    def state_keys(self) -> list[str]:
+        keys = {k.decode() if isinstance(k, bytes) else str(k) for k in self.table}
+        keys |= {k for k, v in self.states.items() if v is not None}
+        return [k for k in keys if not is_reserved(k)]
+
+    def alignment(self, partition: int) -> Alignment:
+        a = self.alignments.get(partition)
+        if a is None:
+            raw = self._read(ALIGNMENT_KEY.format(partition=partition))
+            a = self.alignments[partition] = alignment.loads(raw)
+        return a
+
+    def set_alignment(self, partition: int, a: Alignment) -> None:
+        assert self.current is not None
+        self.alignments[partition] = a
+        self.aligned_dirty.add(partition)
+        self.owner[ALIGNMENT_KEY.format(partition=partition)] = self.current
+
+    # --- after the acks -------------------------------------------------------------------
 
     def write(self) -> None:
         for key in self.dirty:
-            assert self.stage is not None
             env = self.envelopes[key]
             state = self.states[key]
             env.state = (self.stage.dumps(state, self.cache.rows_of(key)) if self.stage.reuses_rows
                          else self.stage.dumps(state))
             raw = dumps_envelope(env)
-            # the table's changelog partition is the current event's: the key's own
-            token = _current_event.set(weakref.ref(self.owner[key]))
-            try:
-                self.table[key] = raw
-            finally:
-                _current_event.reset(token)
+            self._write(key, raw, self.owner[key])
             self.cache.put(key, raw, env.marks, self.states[key])
+        for partition in self.aligned_dirty:
+            key = ALIGNMENT_KEY.format(partition=partition)
+            self._write(key, alignment.dumps(self.alignments[partition]), self.owner[key])
 
 
 async def take_batches(
@@ -263,6 +291,7 @@ class Pipeline:
         self.cfg = cfg
         self.rules = cfg.rules
         self.counters = Counters()
+        self.timings = Timings()
         self.storage_error: Exception | None = None  # a table write that failed (see _run)
         self.on_storage_error: Callable[[Exception], None] | None = None
         t, n = cfg.topics, cfg.partitions
@@ -281,10 +310,16 @@ class Pipeline:
         tables = {"partitions": n, "key_type": bytes, "value_type": bytes}
         # Tables (docs/design.md#stages): per customer of a referral (attribution,
         # subscription snapshots, links), per invoice (its charge), per referrer (referrals,
-        # ledger, cases)
+        # ledger, cases); each partition's alignment state sits under a reserved key
         self.referrals = app.Table("referrals", **tables)
         self.invoice_links = app.Table("invoice-links", **tables)
         self.referrers = app.Table("referrers", **tables)
+        self.wiring = Wiring(
+            stripe_events=t.stripe_events, control=t.control, customer=self.t_customer,
+            invoice=self.t_invoice, referrer=self.t_referrer, outbox=self.t_outbox,
+            dead_letters=t.dead_letters, partitions=n,
+        )
+        self.stages = stages(self.wiring, self.rules, self.counters)
         self.customer_stage = _codec(referral)
         self.invoice_stage = _codec(invoice_link)
         self.referrer_stage = _codec(referrer, reuses_rows=True)
@@ -301,220 +336,100 @@ class Pipeline:
         app = self.app
         run = self._run
         app.agent(self.customer_in, name="customer-stage")(
-            run(self._customer_record, self.referrals, self.customer_stage))
+            run(self.stages[CUSTOMER], self.referrals, self.customer_stage))
         app.agent(self.invoice_in, name="invoice-stage")(
-            run(self._invoice_record, self.invoice_links, self.invoice_stage))
+            run(self.stages[INVOICE], self.invoice_links, self.invoice_stage))
         app.agent(self.referrer_in, name="referrer-stage")(
-            run(self._referrer_record, self.referrers, self.referrer_stage))
-        app.agent(self.control_in, name="control-fanout")(self._run(self._control_record, None))
+            run(self.stages[REFERRER], self.referrers, self.referrer_stage))
+        app.agent(self.control_in, name="control-markers")(self._control_agent)
         app.task(self.publisher.run)
         from processors import web
 
         web.install(app, self)
 
-    def _run(
-        self, handle: Callable[..., list[Out]], table: faust.Table | None, stage: StageCodec | None = None,
-    ) -> Callable[..., Any]:
-        counters = self.counters
-        app = self.app
+    def _behind(self, event: faust.types.EventT) -> bool:
+        m = event.message
+        end = self.app.consumer.highwater(m.tp)
+        return end is not None and end - m.offset > BACKLOG
+
+    async def _send(self, outs: list[Out]) -> list[Any]:
+        """Sends and waits for the broker's acknowledgement of every record."""
+        producer = self.app.producer
+        pending = [await producer.send(o.topic, o.key, o.value, o.partition, None, o.headers) for o in outs]
+        return list(await asyncio.gather(*pending)) if pending else []
+
+    def _run(self, stage: Stage, table: faust.Table, codec: StageCodec) -> Callable[..., Any]:
+        timings = self.timings
         cache = DecodedCache()
 
-        def behind(event: faust.types.EventT) -> bool:
-            m = event.message
-            end = app.consumer.highwater(m.tp)
-            return end is not None and end - m.offset > BACKLOG
-
         async def agent(stream: faust.StreamT) -> None:
-            async for evs in take_batches(stream, behind):
+            async for evs in take_batches(stream, self._behind):
                 t0 = time.perf_counter()
-                batch = Batch(table, stage, cache) if table is not None else None
+                batch = Batch(table, codec, cache)
                 outs: list[Out] = []
                 for ev in evs:
-                    outs.extend(handle(ev, batch))
+                    batch.current = ev
+                    m = ev.message
+                    rec = Incoming(m.topic, m.partition, m.offset, m.key, m.value or b"",
+                                   tuple(m.headers or ()) if not isinstance(m.headers, dict)
+                                   else tuple(m.headers.items()))
+                    outs.extend(stage.handle(batch, rec))
                 t1 = time.perf_counter()
-                pending = [
-                    await app.producer.send(o.topic, o.key, o.value, o.partition, None, o.headers)
-                    for o in outs
-                ]
-                if pending:
-                    await asyncio.gather(*pending)
+                for o in outs:
+                    if o.topic == self.wiring.dead_letters:
+                        log.warning("dead letter", extra={"source": _header(o, "refstream-source"),
+                                                          "reason": _header(o, "refstream-reason")[:300]})
+                await self._send(outs)
                 t2 = time.perf_counter()
-                if batch is not None:
-                    try:
-                        batch.write()
-                    except Exception as exc:
-                        # e.g. RocksDB on a full disk: kept for the worker's last word (faust's
-                        # own crash reason ends up as the CancelledError of the shutdown)
-                        self.storage_error = exc
-                        if self.on_storage_error is not None:
-                            self.on_storage_error(exc)
-                        raise
+                try:
+                    batch.write()
+                except Exception as exc:
+                    # e.g. RocksDB on a full disk: kept for the worker's last word (faust's
+                    # own crash reason ends up as the CancelledError of the shutdown)
+                    self.storage_error = exc
+                    if self.on_storage_error is not None:
+                        self.on_storage_error(exc)
+                    raise
                 t3 = time.perf_counter()
-                counters.step_s += t1 - t0
-                counters.ack_wait_s += t2 - t1
-                counters.write_s += t3 - t2
-                counters.batches += 1
-                counters.records += len(evs)
-                counters.last_batch_at = time.time()
+                timings.step_s += t1 - t0
+                timings.ack_wait_s += t2 - t1
+                timings.write_s += t3 - t2
+                timings.batches += 1
+                timings.records += len(evs)
+                timings.last_batch_at = time.time()
 
         return agent
 
-    # --- stepping -------------------------------------------------------------------------
-
-    def _apply(
-        self, batch: Batch, stage: StageCodec, key: str, mid: MessageId, record: Any,
-        ev: faust.types.EventT, *, store_new: bool = True,
-    ) -> list[Routed] | None:
-        """Step one record for one key; None when it was applied before (a replay)."""
-        env = batch.get(key, ev)
-        if env.seen(mid):
-            self.counters.skipped += 1
-            return None
-        state = batch.state(key, env)
-        if state is None and not store_new:
-            return []  # a control record for a referrer with nothing: nothing to keep
-        new, routed = stage.step(state, record, self.rules)
-        batch.states[key] = new
-        env.mark(mid)
-        batch.touch(key, ev)
-        self.counters.processed += 1
-        return routed
-
-    def _route(
-        self, routed: Iterable[Routed], source: MessageId, raw_stripe: bytes | None = None
-    ) -> list[Out]:
-        outs: list[Out] = []
-        for i, r in enumerate(routed):
-            mid = MessageId(source.upstream, source.offset, source.index * 10_000 + i)
-            hid = (H_MSG_ID, mid.encode())
-            if r.dest in OUTPUTS:
-                outs.append(Out(self.t_outbox, r.key.encode(), commands.encode(r.record),
-                                [hid, (H_KIND, KIND_COMMAND), (H_DEST, r.dest.encode())]))
-            elif r.dest == CUSTOMER and isinstance(r.record, StripeEvent):
-                assert raw_stripe is not None
-                outs.append(Out(self.t_customer, r.key.encode(), raw_stripe, [hid, (H_KIND, KIND_STRIPE)]))
-            else:
-                stages = {CUSTOMER: self.t_customer, INVOICE: self.t_invoice, REFERRER: self.t_referrer}
-                topic = stages[r.dest]
-                outs.append(Out(topic, r.key.encode(), events.encode(r.record), [hid, (H_KIND, KIND_EVENT)]))
-        return outs
-
-    def _dead_letter(self, ev: faust.types.EventT, reason: str) -> list[Out]:
-        m = ev.message
-        self.counters.dead_letters += 1
-        log.warning("dead letter", extra={"topic": m.topic, "partition": m.partition, "offset": m.offset,
-                                          "reason": reason[:300]})
-        return [Out(self.cfg.topics.dead_letters, m.key, m.value or b"", [
-            ("refstream-source", f"{m.topic}#{m.partition}@{m.offset}".encode()),
-            ("refstream-reason", reason[:1000].encode()),
-        ])]
-
-    def _customer_record(self, ev: faust.types.EventT, batch: Batch) -> list[Out]:
-        m = ev.message
-        key = m.key.decode() if m.key else ""
-        kind = header(m.headers, H_KIND) if m.topic == self.t_customer else KIND_STRIPE
-        try:
-            if kind == KIND_STRIPE:
-                raw = m.value
-                event = parse_event(raw)
-                routed = route_stripe_event(event)
-            else:
-                raw = None
-                routed = [Routed(CUSTOMER, key, events.decode(m.value))]
-        except (StripeParseError, events.EventDecodeError) as exc:
-            return self._dead_letter(ev, f"undecodable record: {exc}")
-        mid_base = self._incoming_id(m)
-        outs: list[Out] = []
-        for i, r in enumerate(routed):
-            mid = MessageId(mid_base.upstream, mid_base.offset, mid_base.index * 100 + i)
-            if r.dest == CUSTOMER and r.key == key:
+    async def _control_agent(self, stream: faust.StreamT) -> None:
+        """Places every control event in the stripe-events log: one marker per partition
+        (processors/alignment.py), then a `ControlPlaced` record on the control topic. A
+        record placed twice (a crash between markers and commit) gets duplicate markers,
+        which every reader ignores."""
+        w = self.wiring
+        async for evs in take_batches(stream, self._behind):
+            for ev in evs:
+                m = ev.message
+                if placed_offset(m.key) is not None:
+                    continue  # our own placement record
+                value = m.value or b""
                 try:
-                    produced = self._apply(batch, self.customer_stage, key, mid, r.record, ev)
-                except Exception as exc:  # a core bug must not stop the partition
-                    outs += self._dead_letter(ev, f"customer stage failed: {exc!r}")
+                    record = control.decode(value)
+                except control.ControlDecodeError as exc:
+                    self.counters.dead_letters += 1
+                    reason = f"undecodable control record: {exc}"
+                    log.warning("dead letter", extra={"source": f"{m.topic}#{m.partition}@{m.offset}",
+                                                      "reason": reason[:300]})
+                    await self._send([Out(w.dead_letters, m.key, value, [
+                        ("refstream-source", f"{m.topic}#{m.partition}@{m.offset}".encode()),
+                        ("refstream-reason", reason[:1000].encode()),
+                    ])])
                     continue
-                if produced:
-                    outs += self._route(produced, self._own_id(m, i), raw)
-            else:
-                # not this partition's key (an invoice payment, or a differently keyed event)
-                outs += self._route([r], self._own_id(m, i), raw)
-        return outs
+                if isinstance(record, control.ControlPlaced):
+                    continue
+                metas = await self._send(control_markers(w, m.offset, value))
+                await self._send([control_placed(w, m.offset, [md.offset for md in metas])])
 
-    def _invoice_record(self, ev: faust.types.EventT, batch: Batch) -> list[Out]:
-        m = ev.message
-        key = m.key.decode() if m.key else ""
-        try:
-            record = events.decode(m.value)
-        except events.EventDecodeError as exc:
-            return self._dead_letter(ev, f"undecodable record: {exc}")
-        try:
-            produced = self._apply(batch, self.invoice_stage, key, self._incoming_id(m), record, ev)
-        except Exception as exc:
-            return self._dead_letter(ev, f"invoice stage failed: {exc!r}")
-        return self._route(produced or [], self._own_id(m, 0))
-
-    def _referrer_record(self, ev: faust.types.EventT, batch: Batch) -> list[Out]:
-        m = ev.message
-        key = m.key.decode() if m.key else ""
-        kind = header(m.headers, H_KIND)
-        try:
-            record: Any = control.decode(m.value) if kind == KIND_CONTROL else events.decode(m.value)
-        except (control.ControlDecodeError, events.EventDecodeError) as exc:
-            return self._dead_letter(ev, f"undecodable record: {exc}")
-        mid = self._incoming_id(m)
-        if isinstance(record, control.PayoutRun):
-            # one copy per partition: step every referrer this partition owns, in ucc order
-            uccs = sorted(self._owned_referrers(m.partition, batch))
-        else:
-            uccs = [key]
-        store_new = not isinstance(record, control.PayoutRun | control.ReviewDecision)
-        outs: list[Out] = []
-        for j, ucc in enumerate(uccs):
-            try:
-                produced = self._apply(batch, self.referrer_stage, ucc, mid, record, ev, store_new=store_new)
-            except Exception as exc:
-                outs += self._dead_letter(ev, f"referrer stage failed for {ucc}: {exc!r}")
-                continue
-            if produced:
-                outs += self._route(produced, self._own_id(m, j))
-        return outs
-
-    def _control_record(self, ev: faust.types.EventT, batch: Batch | None) -> list[Out]:
-        m = ev.message
-        try:
-            record = control.decode(m.value)
-        except control.ControlDecodeError as exc:
-            return self._dead_letter(ev, f"undecodable control record: {exc}")
-        kind = (H_KIND, KIND_CONTROL)
-        if isinstance(record, control.PayoutRun):
-            return [
-                Out(self.t_referrer, b"*payout-run*", m.value,
-                    [(H_MSG_ID, self._own_id(m, 0).encode()), kind], partition=p)
-                for p in range(self.cfg.partitions)
-            ]
-        return [Out(self.t_referrer, record.ucc.encode(), m.value,
-                    [(H_MSG_ID, self._own_id(m, 0).encode()), kind])]
-
-    # --- helpers --------------------------------------------------------------------------
-
-    @staticmethod
-    def _incoming_id(m: Any) -> MessageId:
-        """The id of the fact a record stands for: its sender's, else the record itself."""
-        raw = header(m.headers, H_MSG_ID)
-        if raw is not None:
-            return MessageId.decode(raw)
-        return MessageId.of_record(m.topic, m.partition, m.offset)
-
-    @staticmethod
-    def _own_id(m: Any, index: int) -> MessageId:
-        """The id base for what processing this record produces."""
-        return MessageId.of_record(m.topic, m.partition, m.offset, index)
-
-    def _owned_referrers(self, partition: int, batch: Batch) -> set[str]:
-        n = self.cfg.partitions
-        keys = {k.decode() if isinstance(k, bytes) else str(k) for k in self.referrers}
-        keys |= set(batch.envelopes)
-        return {k for k in keys if murmur2_partition(k.encode(), n) == partition}
+    # --- queries --------------------------------------------------------------------------
 
     def summary(self, ucc: str, as_of: int) -> dict[str, Any] | None:
         env = loads_envelope(self.referrers.get(ucc))
@@ -524,7 +439,13 @@ class Pipeline:
         return asdict(referrer.summary(state, as_of))
 
     def stats(self) -> dict[str, Any]:
-        return {**asdict(self.counters), "published": self.publisher.published,
+        return {**asdict(self.counters), **asdict(self.timings), "published": self.publisher.published,
                 "publisher_dropped_duplicates": self.publisher.dropped,
                 "publisher_adopt_failures": self.publisher.adopt_failures}
 
+
+def _header(o: Out, name: str) -> str:
+    for k, v in o.headers:
+        if k == name:
+            return v.decode(errors="replace")
+    return ""

@@ -28,11 +28,13 @@ import orjson
 H_MSG_ID = "refstream-msg"  # "<upstream>|<offset>|<index>"
 H_KIND = "refstream-kind"  # what the value is: see KIND_*
 H_DEST = "refstream-dest"  # outbox only: payouts | notifications | reviews
+H_FROM = "refstream-from"  # the sending stage partition, "<stage>:<partition>" (a barrier channel)
+H_CONTROL_OFFSET = "refstream-control-offset"  # barriers: the control record's offset
 
 KIND_STRIPE = b"stripe"  # raw Stripe webhook body (schemas/stripe.py)
 KIND_EVENT = b"event"  # schemas/events.py record
-KIND_CONTROL = b"control"  # schemas/control.py record
 KIND_COMMAND = b"command"  # schemas/commands.py record (outbox)
+KIND_BARRIER = b"barrier"  # a control event passing a stage (processors/alignment.py)
 
 Position = tuple[int, int]  # (offset, index)
 

@@ -87,6 +87,8 @@ class Engine:
                 referrers[ucc], out = step(referrers[ucc], record, rules)
                 produced += out
             return self._run(produced) if produced else []
+        if isinstance(record, control.ControlPlaced):
+            return []  # where a control event takes effect; the merged log already says it
         self.latest = max(self.latest, record.decided_at)
         if record.ucc not in self.referrers:
             return []  # no such referrer (yet): nothing to decide

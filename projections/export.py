@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from projections.logsource import LogRecord, encode_record, export_header
-from schemas.topics import CONTROL, STRIPE_EVENTS, Topics
+from schemas.topics import CONTROL, STRIPE_EVENTS, Topics, marker_offset, placed_offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,8 @@ def write_records(
         for rec in batch:
             if in_window(rec.timestamp, since_ms, until_ms):
                 lines.append(encode_record(rec))
-                counts[rec.kind] += 1
+                if marker_offset(rec.key) is None and placed_offset(rec.key) is None:
+                    counts[rec.kind] += 1  # markers and placement notes are kept, not counted
         if lines:
             out.write(b"\n".join(lines) + b"\n")
         if progress is not None:

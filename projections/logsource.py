@@ -23,7 +23,6 @@ import base64
 import contextlib
 import copy
 import gzip
-import heapq
 import io
 import os
 import pickle
@@ -41,7 +40,7 @@ from typing import IO, Any, NamedTuple
 
 import orjson
 
-from schemas.topics import CONTROL, STRIPE_EVENTS, Topics
+from schemas.topics import CONTROL, STRIPE_EVENTS, Topics, marker_offset, placed_offset
 
 KINDS = (STRIPE_EVENTS, CONTROL)
 # At equal timestamps a stripe event goes before a control event: a payout run requested
@@ -76,28 +75,30 @@ class LogRecord(NamedTuple):
 # --- merging ------------------------------------------------------------------------------
 
 
-class TimestampMerger:
-    """K-way merge of per-partition streams by (timestamp, kind, partition, offset).
+class LogMerger:
+    """Merges the stripe-events partitions and the control topic into replay order.
 
-    Records of one partition keep their offset order even if their timestamps go backwards
-    (producer clocks differ); across partitions the earliest head goes first. A record can
-    only be released once every unfinished partition has a head to compare it with.
+    Stripe records of different partitions go by (timestamp, partition, offset), each
+    partition kept in offset order even if its timestamps go backwards (producer clocks
+    differ). A control record takes effect where the worker placed it
+    (docs/design.md#one-order): after every Stripe record before its markers and before
+    every record after them, in all partitions. A control record not placed yet (no worker
+    has seen it, or a log written by hand) goes by its timestamp, after Stripe records of the
+    same millisecond: the place a worker would most likely give it.
+
+    The control topic is small and read whole first (`control`), so the merger knows which
+    control records have markers before it meets them. A record can only be released once
+    every unfinished partition has a head to compare it with.
     """
 
-    def __init__(self, partitions: list[tuple[str, int]]) -> None:
-        self._buffers: dict[tuple[str, int], deque[LogRecord]] = {p: deque() for p in partitions}
-        self._open: set[tuple[str, int]] = set(partitions)
-        self._heap: list[tuple[tuple[int, int, int, int], tuple[str, int]]] = []
-        self._in_heap: set[tuple[str, int]] = set()
+    def __init__(self, stripe_partitions: list[tuple[str, int]], control: list[LogRecord]) -> None:
+        self._buffers: dict[tuple[str, int], deque[LogRecord]] = {p: deque() for p in stripe_partitions}
+        self._open: set[tuple[str, int]] = set(stripe_partitions)
+        self._control: deque[LogRecord] = deque(sorted(control, key=lambda r: r.offset))
+        self._placed = {k for r in control if (k := placed_offset(r.key)) is not None}
 
     def add(self, part: tuple[str, int], records: list[LogRecord]) -> None:
-        if not records:
-            return
-        buf = self._buffers[part]
-        buf.extend(records)
-        if part not in self._in_heap:
-            heapq.heappush(self._heap, (buf[0].order(), part))
-            self._in_heap.add(part)
+        self._buffers[part].extend(records)
 
     def finish(self, part: tuple[str, int]) -> None:
         self._open.discard(part)
@@ -108,26 +109,53 @@ class TimestampMerger:
 
     def drain(self) -> list[LogRecord]:
         out: list[LogRecord] = []
-        if self.waiting_for():
-            return out
-        heap, buffers, in_heap, open_ = self._heap, self._buffers, self._in_heap, self._open
-        while heap:
-            _, part = heap[0]
-            buf = buffers[part]
-            out.append(buf.popleft())
-            if buf:
-                heapq.heapreplace(heap, (buf[0].order(), part))
-            else:
-                heapq.heappop(heap)
-                in_heap.discard(part)
-                if part in open_:
-                    break  # this partition may still deliver an earlier record
-        return out
+        buffers, control, placed = self._buffers, self._control, self._placed
+        while True:
+            if self.waiting_for():
+                return out
+            while control and placed_offset(control[0].key) is not None:
+                out.append(control.popleft())  # a placement note: kept in the log, folds nothing
+            c = control[0] if control else None
+            best: LogRecord | None = None
+            best_buf: deque[LogRecord] | None = None
+            blocked = False
+            stale = False
+            for buf in buffers.values():
+                if not buf:
+                    continue  # finished
+                head = buf[0]
+                k = marker_offset(head.key)
+                if k is not None:
+                    if c is None or k < c.offset:
+                        out.append(buf.popleft())  # a duplicate, or for a record already released
+                        stale = True
+                        break
+                    blocked = True  # at the marker of `c` or of a later control record
+                    continue
+                if best is None or head.order() < best.order():
+                    best, best_buf = head, buf
+            if stale:
+                continue
+            if c is not None and (
+                (c.offset in placed and best is None)
+                or (c.offset not in placed and (best is None or c.order() < best.order()))
+            ):
+                # every partition is at its marker (or finished), or c goes by its timestamp
+                for buf in buffers.values():
+                    while buf and marker_offset(buf[0].key) == c.offset:
+                        out.append(buf.popleft())
+                out.append(control.popleft())
+                continue
+            if best is None or best_buf is None:
+                if not blocked and c is None:
+                    return out  # everything released
+                return out  # blocked at markers of control records not in this read
+            out.append(best_buf.popleft())
 
     @property
     def done(self) -> bool:
         """Every partition finished and every buffered record released."""
-        return not self._open and not self._heap
+        return not self._open and not self._control and not any(self._buffers.values())
 
 
 # --- Kafka --------------------------------------------------------------------------------
@@ -289,13 +317,28 @@ class KafkaSource:
             )
             if not put(("plan", plan)):
                 return
-            merger = TimestampMerger(list(tps.values()))
-            by_part = {part: tp for tp, part in tps.items()}
-            for tp, part in tps.items():
+            # the control topic first, whole: it is small, and the merge must know which
+            # control records the worker placed before it meets their markers
+            for tp in tps:
+                consumer.seek(tp, begin[tp])
+            control_records: list[LogRecord] = []
+            for tp, (kind, partition) in tps.items():
+                if kind != CONTROL or end[tp] <= begin[tp]:
+                    continue
+                while await consumer.position(tp) < end[tp] and not stop.is_set():
+                    fetched = await consumer.getmany(tp, timeout_ms=500, max_records=BATCH)
+                    control_records += [
+                        LogRecord(CONTROL, partition, m.offset, m.timestamp, m.key,
+                                  tuple(m.headers or ()) if self.headers else (),
+                                  m.value if m.value is not None else b"")
+                        for m in fetched.get(tp, []) if m.offset < end[tp]
+                    ]
+            stripe_tps = {tp: part for tp, part in tps.items() if part[0] == STRIPE_EVENTS}
+            merger = LogMerger(list(stripe_tps.values()), control_records)
+            by_part = {part: tp for tp, part in stripe_tps.items()}
+            for tp, part in stripe_tps.items():
                 if end[tp] <= begin[tp]:
                     merger.finish(part)
-                else:
-                    consumer.seek(tp, begin[tp])
             loop = asyncio.get_running_loop()
             last_progress = loop.time()
             while not stop.is_set() and not merger.done:
@@ -320,7 +363,7 @@ class KafkaSource:
                     ) from None
                 got_any = False
                 for tp, msgs in fetched.items():
-                    part = tps[tp]
+                    part = stripe_tps[tp]
                     limit = end[tp]
                     kind, partition = part
                     keep = self.headers

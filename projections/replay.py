@@ -34,7 +34,7 @@ from schemas.control import ControlDecodeError
 from schemas.control import decode as decode_control
 from schemas.rules import Rules
 from schemas.stripe import StripeParseError, parse_event
-from schemas.topics import STRIPE_EVENTS
+from schemas.topics import STRIPE_EVENTS, marker_offset, placed_offset
 
 UNREADABLE = (StripeParseError, ControlDecodeError)
 
@@ -142,6 +142,11 @@ def _feed(
     for batch in batches:
         for rec in batch:
             is_stripe = rec.kind == STRIPE_EVENTS
+            key = rec.key
+            if key is not None and key[:1] == b"\x00" and (
+                marker_offset(key) is not None or placed_offset(key) is not None
+            ):
+                continue  # where a control event takes effect: the merge has placed it already
             if is_stripe:
                 stripe += 1
             else:

@@ -39,11 +39,28 @@ class ReviewDecision:
         return fact_id("review_decision", self.case_id, int(self.approve), self.reason, self.decided_at)
 
 
-ControlRecord = PayoutRun | ReviewDecision
-_TYPES: dict[str, type[PayoutRun] | type[ReviewDecision]] = {
+@dataclass(frozen=True, slots=True)
+class ControlPlaced:
+    """Written by the worker, not by an operator: the control record at `control_offset` has
+    its markers in every stripe-events partition (`markers`: partition → marker offset), so
+    it takes effect there (docs/design.md#one-order). Replay reads these to know, before it
+    merges, which control records wait for their markers."""
+
+    control_offset: int
+    markers: dict[str, int]
+
+    @property
+    def control_id(self) -> str:
+        return fact_id("control_placed", self.control_offset)
+
+
+ControlRecord = PayoutRun | ReviewDecision | ControlPlaced
+_TYPES: dict[str, type[PayoutRun] | type[ReviewDecision] | type[ControlPlaced]] = {
     "payout_run": PayoutRun,
     "review_decision": ReviewDecision,
+    "control_placed": ControlPlaced,
 }
+_TAGS = {cls: tag for tag, cls in _TYPES.items()}
 
 
 def control_id(record: ControlRecord) -> str:
@@ -55,7 +72,7 @@ class ControlDecodeError(ValueError):
 
 
 def encode(record: ControlRecord) -> bytes:
-    tag = "payout_run" if isinstance(record, PayoutRun) else "review_decision"
+    tag = _TAGS[type(record)]
     return orjson.dumps({"v": VERSION, "type": tag, **asdict(record)}, option=orjson.OPT_SORT_KEYS)
 
 
@@ -72,6 +89,11 @@ def decode(raw: bytes) -> ControlRecord:
     cls = _TYPES.get(doc.get("type", ""))
     if cls is None:
         raise ControlDecodeError(f"unknown control record type {doc.get('type')!r}")
+    if cls is ControlPlaced:
+        offset, markers = doc.get("control_offset"), doc.get("markers")
+        if isinstance(offset, bool) or not isinstance(offset, int) or not isinstance(markers, dict):
+            raise ControlDecodeError("control_placed: expected control_offset and markers")
+        return ControlPlaced(offset, {str(k): int(v) for k, v in markers.items()})
     if cls is PayoutRun:
         run_id = doc.get("run_id")
         if not isinstance(run_id, str) or not run_id:

@@ -85,3 +85,38 @@ H_EVENT_ID = "refstream-event-id"
 H_EVENT_TYPE = "refstream-event-type"
 H_ENV = "refstream-env"
 H_RECEIVED_AT = "refstream-received-at"
+
+
+# --- where control events take effect (docs/design.md#one-order) ---------------------------
+#
+# For every control record, the worker appends a marker to each stripe-events partition:
+# key `\x00control:<control offset>`, value the control record's bytes. The event takes effect
+# after every Stripe record before the markers and before every record after them. Once all
+# markers are written it appends `\x00placed:<control offset>` to the control topic, so a
+# reader knows in advance which control records have markers. Stripe customer ids never
+# start with a NUL byte, so these keys cannot collide with ingest's.
+
+_MARKER = b"\x00control:"
+_PLACED = b"\x00placed:"
+
+
+def marker_key(control_offset: int) -> bytes:
+    return _MARKER + str(control_offset).encode()
+
+
+def marker_offset(key: bytes | None) -> int | None:
+    """The control offset a stripe-events record marks, or None for a Stripe event."""
+    if key is None or not key.startswith(_MARKER):
+        return None
+    return int(key[len(_MARKER):])
+
+
+def placed_key(control_offset: int) -> bytes:
+    return _PLACED + str(control_offset).encode()
+
+
+def placed_offset(key: bytes | None) -> int | None:
+    """The control offset a control-topic record says is placed, or None for a control event."""
+    if key is None or not key.startswith(_PLACED):
+        return None
+    return int(key[len(_PLACED):])
