@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+from aiohttp.http import HttpVersion10, HttpVersion11
 
 from ingest.log_lines import info_line, lone_batched_handler
 from ingest.metrics import CONTENT_TYPE, IngestMetrics
@@ -156,6 +157,13 @@ def _check_head(request: web.Request, ingest: Ingest, env: str) -> tuple[str, ..
     the environment's secrets."""
     if env not in ENVIRONMENTS:
         raise _unknown_environment(env)
+    if request.version not in _HTTP1:
+        # aiohttp's parser takes "HTTP/0.9" and "HTTP/2.0" request lines
+        raise Rejection(
+            400,
+            "unsupported_http_version",
+            "Webhooks are accepted over HTTP/1.1 (or 1.0) only. Send the request as Stripe does.",
+        )
     secrets = ingest.settings.stripe_secrets.get(env, ())
     if not secrets:
         raise Rejection(
@@ -206,6 +214,7 @@ def _signature_header(request: web.Request) -> str | None:
 
 
 _STORED = orjson.dumps({"received": True, "stored": True})
+_HTTP1 = frozenset({HttpVersion10, HttpVersion11})
 # refusals whose body was not (all) read: a 400 for a broken body, 408, 413, 415
 _CLOSE_AFTER = frozenset({408, 413, 415})
 

@@ -399,3 +399,15 @@ async def test_two_signature_headers_and_a_body_cut_short_are_refused(bootstrap:
     assert 'outcome="client_closed",status="499"' in metrics
     assert 'status="500"' not in metrics
     assert await _stored(bootstrap, topic_prefix) == []
+
+
+async def test_a_request_line_of_http_0_9_or_2_0_is_refused(bootstrap: str, topic_prefix: str) -> None:
+    # aiohttp's parser takes these; a signed body must not be stored through them
+    body = _event("evt_version")
+    async with _ingest(bootstrap, topic_prefix) as client:
+        for version in (b"HTTP/0.9", b"HTTP/2.0"):
+            request = _post(body, ("Stripe-Signature", sign(body, SANDBOX_SECRET)))
+            request = request.replace(b"HTTP/1.1", version, 1)
+            answer = await _exchange(_port(client), request)
+            assert answer.status == 400 and answer.error()["code"] == "unsupported_http_version"
+    assert await _stored(bootstrap, topic_prefix) == []
