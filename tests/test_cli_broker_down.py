@@ -4,6 +4,7 @@ not make."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -118,6 +119,20 @@ def test_a_broker_that_does_not_answer_is_named_with_the_time_waited(
         assert result.exit_code == 1, result.output
         assert f"{problem}: Kafka at 127.0.0.1:{silent_broker} did not answer within 1 s." in result.output
         assert 0.9 < waited < 10, waited
+
+
+def test_the_message_holds_when_the_clients_log_says_nothing(
+    closed_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # in one process other code may have silenced logging (as `topics create` quiets aiokafka)
+    monkeypatch.setenv("REFSTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{closed_port}")
+    logging.disable(logging.CRITICAL)
+    try:
+        result = CliRunner().invoke(main, ["review", "list"])
+    finally:
+        logging.disable(logging.NOTSET)
+    assert result.exit_code == 1
+    assert f"Kafka at 127.0.0.1:{closed_port} refused the connection" in result.output
 
 
 def test_a_host_that_does_not_resolve_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -47,6 +47,7 @@ def quiet_clients() -> None:
     if _last not in log.handlers:
         log.addHandler(_last)
     log.propagate = False
+    log.setLevel(logging.WARNING)  # the connection errors are ERROR records: seen, not printed
     _last.error = None
 
 
@@ -55,6 +56,18 @@ def loud_clients() -> None:
     log = logging.getLogger("aiokafka")
     log.removeHandler(_last)
     log.propagate = True
+    log.setLevel(logging.NOTSET)
+
+
+def _connect(bootstrap: str) -> BaseException | None:
+    """What a plain TCP connection to the first bootstrap address meets (None: it connects),
+    for when the client's own log did not say."""
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=TIMEOUT_S):
+            return None
+    except (OSError, ValueError) as exc:
+        return exc
 
 
 class Unconfirmed(Exception):
@@ -74,7 +87,7 @@ class Stalled(Exception):
         self.seconds = seconds
 
 
-def why(exc: BaseException) -> str:
+def why(exc: BaseException, bootstrap: str) -> str:
     """What the broker did, to follow "Kafka at HOST:PORT"."""
     from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
@@ -82,7 +95,12 @@ def why(exc: BaseException) -> str:
         exc = exc.__cause__
     if isinstance(exc, Stalled):
         return f"answered, but did not deliver {', '.join(exc.topics)} to the end within {exc.seconds:g} s"
-    cause = _last.error if isinstance(exc, KafkaConnectionError) and _last.error is not None else exc
+    cause: BaseException | None = exc
+    if isinstance(exc, KafkaConnectionError):
+        # "Unable to bootstrap" says nothing of why: the client's log line does, or a try of our own
+        cause = _last.error if _last.error is not None else _connect(bootstrap)
+        if cause is None:
+            return f"accepted the connection but did not answer within {TIMEOUT_S:g} s"
     if isinstance(cause, socket.gaierror):
         return "names a host that does not resolve"
     if isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED:
@@ -103,7 +121,7 @@ def failure(bootstrap: str, problem: str, exc: BaseException, *, after: str = ""
     """`problem`: what did not happen, e.g. "Cannot read the review queue"; `after`: what
     the person should know about the state it left, before the fix."""
     return click.ClickException(
-        f"{problem}: Kafka at {bootstrap} {why(exc)}. {after + ' ' if after else ''}{fix}"
+        f"{problem}: Kafka at {bootstrap} {why(exc, bootstrap)}. {after + ' ' if after else ''}{fix}"
     )
 
 
