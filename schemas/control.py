@@ -54,11 +54,47 @@ class ControlPlaced:
         return fact_id("control_placed", self.control_offset)
 
 
-ControlRecord = PayoutRun | ReviewDecision | ControlPlaced
-_TYPES: dict[str, type[PayoutRun] | type[ReviewDecision] | type[ControlPlaced]] = {
+@dataclass(frozen=True, slots=True)
+class RulesRevision:
+    """A rules file published to take effect from `effective_from` (docs/rules.md#revisions).
+    `rules` is the file's text as `refstream rules publish` checked it; `revision` is its
+    `[campaign] revision`."""
+
+    revision: int
+    effective_from: int
+    rules: str
+    published_at: int
+    actor: str
+    reason: str
+
+    @property
+    def control_id(self) -> str:
+        return fact_id("rules_revision", self.revision, self.effective_from, self.rules)
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignAssignment:
+    """Puts a referrer on a named campaign of the rules from `published_at` on, never
+    retroactively (docs/rules.md#campaigns)."""
+
+    ucc: str
+    campaign: str
+    published_at: int
+    actor: str
+    reason: str
+
+    @property
+    def control_id(self) -> str:
+        return fact_id("campaign_assignment", self.ucc, self.campaign, self.published_at)
+
+
+ControlRecord = PayoutRun | ReviewDecision | ControlPlaced | RulesRevision | CampaignAssignment
+_TYPES: dict[str, type[ControlRecord]] = {
     "payout_run": PayoutRun,
     "review_decision": ReviewDecision,
     "control_placed": ControlPlaced,
+    "rules_revision": RulesRevision,
+    "campaign_assignment": CampaignAssignment,
 }
 _TAGS = {cls: tag for tag, cls in _TYPES.items()}
 
@@ -94,6 +130,15 @@ def decode(raw: bytes) -> ControlRecord:
         if isinstance(offset, bool) or not isinstance(offset, int) or not isinstance(markers, dict):
             raise ControlDecodeError("control_placed: expected control_offset and markers")
         return ControlPlaced(offset, {str(k): int(v) for k, v in markers.items()})
+    if cls is RulesRevision:
+        revision, rules = doc.get("revision"), doc.get("rules")
+        if isinstance(revision, bool) or not isinstance(revision, int) or not isinstance(rules, str):
+            raise ControlDecodeError("rules_revision: expected revision (a number) and rules (text)")
+        return RulesRevision(revision, _seconds(doc, "effective_from"), rules, _seconds(doc, "published_at"),
+                             _text(doc, "actor"), _text(doc, "reason"))
+    if cls is CampaignAssignment:
+        return CampaignAssignment(_text(doc, "ucc"), _text(doc, "campaign"), _seconds(doc, "published_at"),
+                                  _text(doc, "actor"), _text(doc, "reason"))
     if cls is PayoutRun:
         run_id = doc.get("run_id")
         if not isinstance(run_id, str) or not run_id:
@@ -115,4 +160,11 @@ def _seconds(doc: dict[str, object], name: str) -> int:
     v = doc.get(name)
     if isinstance(v, bool) or not isinstance(v, int):
         raise ControlDecodeError(f"{name}: expected Unix seconds")
+    return v
+
+
+def _text(doc: dict[str, object], name: str) -> str:
+    v = doc.get(name)
+    if not isinstance(v, str):
+        raise ControlDecodeError(f"{name}: expected a string")
     return v

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from bisect import bisect_right
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,12 @@ CAMPAIGN_KEYS: dict[str, str] = {
     "organization_level": "true or false",
     "reward_one_off_charges": "true or false",
 }
+PLAN_KEYS: dict[str, str] = {
+    "reward_percent": "a percentage of the line's base between 0 and 100, e.g. 10",
+    "max_reward_per_referral": "minor units of the line's currency, a whole number >= 0, e.g. 50000",
+}
+CAMPAIGN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DEFAULT_CAMPAIGN = "default"
 CURRENCY_KEYS: dict[str, str] = {
     "max_reward_per_referral": "minor units, a whole number >= 0, e.g. 10000",
     "signup_bonus": "minor units, a whole number >= 0, e.g. 500",
@@ -59,7 +67,17 @@ class CurrencyRules:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanRules:
+    """A Stripe price's or product's own terms within a campaign (docs/rules.md#the-rules-file)."""
+
+    reward_percent: Decimal | None = None  # None: the campaign's
+    max_reward_per_referral: int | None = None  # None: counts against the currency's cap
+
+
+@dataclass(frozen=True, slots=True)
 class Rules:
+    """One campaign of one revision, resolved: what prices a fact."""
+
     revision: int = 1
     currency: str = "usd"
     reward_percent: Decimal = Decimal(0)
@@ -69,6 +87,23 @@ class Rules:
     organization_level: bool = False
     reward_one_off_charges: bool = False
     currencies: dict[str, CurrencyRules] = field(default_factory=dict)
+    plans: dict[str, PlanRules] = field(default_factory=dict)  # by Stripe price or product id
+    name: str = DEFAULT_CAMPAIGN
+    # the named campaigns of this revision (only on the default campaign's Rules)
+    campaigns: dict[str, Rules] = field(default_factory=dict)
+
+    def campaign(self, name: str | None) -> Rules:
+        """The campaign `name` of this revision; the default one when it has no such campaign."""
+        if not name or name == self.name:
+            return self
+        return self.campaigns.get(name, self)
+
+    def plan(self, price: str | None, product: str | None) -> PlanRules | None:
+        """A line's plan terms: its price's, else its product's, else None (the campaign's)."""
+        plans = self.plans
+        if not plans:
+            return None
+        return (plans.get(price) if price else None) or (plans.get(product) if product else None)
 
     def currency_rules(self, currency: str) -> CurrencyRules | None:
         """The configured limits of `currency`, or None when the rules do not configure it."""
@@ -113,10 +148,10 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
         return RulesError(message, source=source, line=_line_of(text, table, key), field=name)
 
     for top in doc:
-        if top not in ("campaign", "currency"):
+        if top not in ("campaign", "currency", "plan", "campaigns"):
             raise fail(
-                f"unknown table [{top}]. A rules file has [campaign] and [currency.<code>] "
-                f"tables only.", top, None,
+                f"unknown table [{top}]. A rules file has [campaign], [currency.<code>], "
+                f"[plan.\"<price or product id>\"] and [campaigns.<name>] tables only.", top, None,
             )
     campaign = doc.get("campaign")
     if not isinstance(campaign, dict):
@@ -132,7 +167,7 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
 
     def whole(table: str, key: str, value: Any, minimum: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            hint = (CURRENCY_KEYS if table.startswith("currency") else CAMPAIGN_KEYS)[key]
+            hint = (CURRENCY_KEYS if "currency" in table.split(".") else CAMPAIGN_KEYS)[key]
             raise fail(f"{value!r} is not valid here: expected {hint}.", table, key)
         return value
 
@@ -165,35 +200,77 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
         raise fail(f"{raw_percent!r} is not valid here: expected {CAMPAIGN_KEYS['reward_percent']}.",
                    "campaign", "reward_percent")
 
-    currencies: dict[str, CurrencyRules] = {}
-    tables = doc.get("currency", {})
-    if not isinstance(tables, dict):
-        raise fail("`currency` must be tables like [currency.usd].", "currency", None)
-    for code, cfg in tables.items():
-        table = f"currency.{code}"
-        if not CURRENCY_RE.match(code):
-            raise fail(
-                f"{code!r} is not a currency code. Use the lower-case ISO code, e.g. "
-                f"[currency.usd].", table, None,
-            )
-        if not isinstance(cfg, dict):
-            raise fail(f"[{table}] must be a table of limits.", "currency", code)
-        for key in cfg:
-            if key not in CURRENCY_KEYS:
-                known = ", ".join(CURRENCY_KEYS)
-                raise fail(f"unknown key {key!r}. Known keys: {known}.", table, key)
-        cap = cfg.get("max_reward_per_referral")
-        review = cfg.get("review_above")
-        currencies[code] = CurrencyRules(
-            max_reward_per_referral=None if cap is None
-            else whole(table, "max_reward_per_referral", cap, 0),
-            signup_bonus=whole(table, "signup_bonus", cfg.get("signup_bonus", 0), 0),
-            purchase_bonus=whole(table, "purchase_bonus", cfg.get("purchase_bonus", 0), 0),
-            min_payout=whole(table, "min_payout", cfg.get("min_payout", 1), 1),
-            review_above=None if review is None else whole(table, "review_above", review, 0),
-        )
+    def percent_of(table: str, key: str, raw: Any, hint: str) -> Decimal:
+        try:
+            if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+                raise InvalidOperation
+            value = Decimal(str(raw))
+        except InvalidOperation:
+            value = Decimal(-1)
+        if not value.is_finite() or not (Decimal(0) <= value <= Decimal(100)):
+            raise fail(f"{raw!r} is not valid here: expected {hint}.", table, key)
+        return value
 
-    return Rules(
+    def currencies_of(prefix: str, tables: Any, base: dict[str, CurrencyRules]) -> dict[str, CurrencyRules]:
+        """[<prefix>currency.<code>] tables over `base`: keys a table sets replace the base's."""
+        out = dict(base)
+        if not isinstance(tables, dict):
+            raise fail(f"`{prefix}currency` must be tables like [{prefix}currency.usd].",
+                       prefix + "currency", None)
+        for code, cfg in tables.items():
+            table = f"{prefix}currency.{code}"
+            if not CURRENCY_RE.match(code):
+                raise fail(
+                    f"{code!r} is not a currency code. Use the lower-case ISO code, e.g. "
+                    f"[{prefix}currency.usd].", table, None,
+                )
+            if not isinstance(cfg, dict):
+                raise fail(f"[{table}] must be a table of limits.", f"{prefix}currency", code)
+            for key in cfg:
+                if key not in CURRENCY_KEYS:
+                    known = ", ".join(CURRENCY_KEYS)
+                    raise fail(f"unknown key {key!r}. Known keys: {known}.", table, key)
+            was = out.get(code, CurrencyRules())
+            cap = cfg.get("max_reward_per_referral", was.max_reward_per_referral)
+            review = cfg.get("review_above", was.review_above)
+            out[code] = CurrencyRules(
+                max_reward_per_referral=None if cap is None
+                else whole(table, "max_reward_per_referral", cap, 0),
+                signup_bonus=whole(table, "signup_bonus", cfg.get("signup_bonus", was.signup_bonus), 0),
+                purchase_bonus=whole(table, "purchase_bonus",
+                                     cfg.get("purchase_bonus", was.purchase_bonus), 0),
+                min_payout=whole(table, "min_payout", cfg.get("min_payout", was.min_payout), 1),
+                review_above=None if review is None else whole(table, "review_above", review, 0),
+            )
+        return out
+
+    def plans_of(prefix: str, tables: Any, base: dict[str, PlanRules]) -> dict[str, PlanRules]:
+        out = dict(base)
+        if not isinstance(tables, dict):
+            raise fail(f"`{prefix}plan` must be tables like [{prefix}plan.\"price_123\"].",
+                       prefix + "plan", None)
+        for plan_id, cfg in tables.items():
+            table = f"{prefix}plan.{plan_id}"
+            if not isinstance(cfg, dict):
+                raise fail(f"[{table}] must be a table of keys.", f"{prefix}plan", plan_id)
+            for key in cfg:
+                if key not in PLAN_KEYS:
+                    raise fail(f"unknown key {key!r}. Known keys: {', '.join(PLAN_KEYS)}.", table, key)
+            was = out.get(plan_id, PlanRules())
+            pct, cap = cfg.get("reward_percent"), cfg.get("max_reward_per_referral")
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+                raise fail(f"{cap!r} is not valid here: expected {PLAN_KEYS['max_reward_per_referral']}.",
+                           table, "max_reward_per_referral")
+            out[plan_id] = PlanRules(
+                was.reward_percent if pct is None else percent_of(table, "reward_percent", pct,
+                                                                   PLAN_KEYS["reward_percent"]),
+                was.max_reward_per_referral if cap is None else cap,
+            )
+        return out
+
+    currencies = currencies_of("", doc.get("currency", {}), {})
+    plans = plans_of("", doc.get("plan", {}), {})
+    default = Rules(
         revision=whole("campaign", "revision", campaign["revision"], 0),
         currency=currency,
         reward_percent=percent,
@@ -207,7 +284,47 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
             "reward_one_off_charges", campaign.get("reward_one_off_charges", False)
         ),
         currencies=currencies,
+        plans=plans,
     )
+
+    # named campaigns: the default campaign with the keys they set replaced
+    named: dict[str, Rules] = {}
+    campaigns = doc.get("campaigns", {})
+    if not isinstance(campaigns, dict):
+        raise fail("`campaigns` must be tables like [campaigns.partners].", "campaigns", None)
+    for name, cfg in campaigns.items():
+        table = f"campaigns.{name}"
+        if not CAMPAIGN_NAME_RE.match(name) or name == DEFAULT_CAMPAIGN:
+            raise fail(f"{name!r} is not a campaign name: use lower-case letters, digits, - and _ "
+                       f"(and not {DEFAULT_CAMPAIGN!r}), e.g. [campaigns.partners].", table, None)
+        if not isinstance(cfg, dict):
+            raise fail(f"[{table}] must be a table of keys.", "campaigns", name)
+        changes: dict[str, Any] = {"name": name}
+        for key, value in cfg.items():
+            if key in ("currency", "plan") and isinstance(value, dict):
+                continue
+            if key not in CAMPAIGN_KEYS or key == "revision":
+                known = ", ".join(k for k in CAMPAIGN_KEYS if k != "revision")
+                raise fail(f"unknown key {key!r}. A campaign may set: {known}, and its own "
+                           f"[{table}.currency.<code>] and [{table}.plan.\"<id>\"] tables.", table, key)
+            if key == "reward_percent":
+                changes[key] = percent_of(table, key, value, CAMPAIGN_KEYS[key])
+            elif key in ("organization_level", "reward_one_off_charges"):
+                if not isinstance(value, bool):
+                    raise fail(f"{value!r} is not valid here: expected true or false.", table, key)
+                changes[key] = value
+            elif key == "currency":
+                if not isinstance(value, str) or not CURRENCY_RE.match(value.strip().lower()):
+                    raise fail(f"{value!r} is not valid here: expected {CAMPAIGN_KEYS[key]}.", table, key)
+                changes[key] = value.strip().lower()
+            else:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise fail(f"{value!r} is not valid here: expected {CAMPAIGN_KEYS[key]}.", table, key)
+                changes[key] = value
+        changes["currencies"] = currencies_of(f"{table}.", cfg.get("currency", {}), default.currencies)
+        changes["plans"] = plans_of(f"{table}.", cfg.get("plan", {}), default.plans)
+        named[name] = replace(default, **changes)
+    return replace(default, campaigns=named)
 
 
 def load_rules(path: str | Path) -> Rules:
@@ -227,3 +344,59 @@ def load_rules(path: str | Path) -> Rules:
             source=str(p), line=None, field=None,
         ) from None
     return parse_rules(text, source=str(p))
+
+
+# --- revisions over time (docs/rules.md#revisions) ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """A rules file in force from `effective_from` (Unix seconds) on."""
+
+    effective_from: int
+    rules: Rules
+    key: str = ""  # what it stands for in the log (its control record's id): dedupes a revision seen twice
+
+
+class RuleBook:
+    """The revisions known so far. A fact is priced by the revision with the greatest
+    `effective_from` at or before the fact's time (ties: the greater revision number);
+    a fact earlier than every known revision by the earliest one. Pure and immutable."""
+
+    __slots__ = ("_starts", "revisions")
+
+    def __init__(self, revisions: list[Revision] | tuple[Revision, ...]) -> None:
+        if not revisions:
+            raise ValueError("a rule book needs at least one revision")
+        ordered = sorted(revisions, key=lambda r: (r.effective_from, r.rules.revision))
+        self.revisions: tuple[Revision, ...] = tuple(ordered)
+        self._starts = [r.effective_from for r in ordered]
+
+    @classmethod
+    def of(cls, rules: Rules) -> RuleBook:
+        """One rules file for all time (`refstream replay --rules FILE`, tests)."""
+        return cls([Revision(0, rules)])
+
+    def at(self, t: int) -> Rules:
+        starts = self._starts
+        if len(starts) == 1 or t < starts[1]:
+            return self.revisions[0].rules
+        i = bisect_right(starts, t) - 1
+        return self.revisions[i].rules
+
+    def adding(self, revision: Revision) -> RuleBook:
+        if revision.key and any(r.key == revision.key for r in self.revisions):
+            return self  # the same revision again (its marker written twice, or the first one)
+        return RuleBook((*self.revisions, revision))
+
+    @property
+    def latest(self) -> Revision:
+        """The revision published last: the greatest revision number."""
+        return max(self.revisions, key=lambda r: r.rules.revision)
+
+
+@lru_cache(maxsize=64)
+def parse_rules_cached(text: str) -> Rules:
+    """`parse_rules` of a revision's text, once per text: the same revisions are read back by
+    every worker partition and every replay."""
+    return parse_rules(text, "<published revision>")

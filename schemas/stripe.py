@@ -68,6 +68,8 @@ class InvoiceLine:
     period_end: int | None
     subscription: bool  # a subscription item's line (not an invoice item)
     proration: bool
+    price: str | None  # the Stripe price and product it bills (its plan: docs/rules.md#the-rules-file)
+    product: str | None
 
 
 @fast_init
@@ -345,7 +347,35 @@ def _parse_line(line: Any, path: str) -> InvoiceLine:
     amount = get("amount")
     if type(amount) is not int:
         amount = _req_int(line, "amount", path)
-    return InvoiceLine(amount, start, end, is_sub, proration)
+    price, product = _line_plan(line)
+    return InvoiceLine(amount, start, end, is_sub, proration, price, product)
+
+
+def _id_of(v: Any) -> str | None:
+    """An id, whether Stripe sent it as a string or as an expanded object."""
+    if type(v) is str:
+        return v or None
+    if type(v) is dict:
+        i = v.get("id")
+        return i if type(i) is str and i else None
+    return None
+
+
+def _line_plan(line: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(price, product) of a line, in either API shape; (None, None) when it names none.
+    Only read to choose a plan's rate, so an unexpected shape reads as none, not an error."""
+    pricing = line.get("pricing")  # 2025-03-31 and later
+    if type(pricing) is dict:
+        details = pricing.get("price_details")
+        if type(details) is dict:
+            return _id_of(details.get("price")), _id_of(details.get("product"))
+    for key in ("price", "plan"):  # before: an expanded price, or the older plan
+        v = line.get(key)
+        if type(v) is dict:
+            return _id_of(v), _id_of(v.get("product"))
+        if type(v) is str and v:
+            return v, None
+    return None, None
 
 
 def _lines(obj: dict[str, Any], path: str) -> tuple[InvoiceLine, ...]:
