@@ -323,7 +323,8 @@ class Pipeline:
         self.customer_stage = _codec(referral)
         self.invoice_stage = _codec(invoice_link)
         self.referrer_stage = _codec(referrer, reuses_rows=True)
-        self.outputs = {"payouts": t.payouts, "notifications": t.notifications, "reviews": t.reviews}
+        self.outputs = {"payouts": t.payouts, "notifications": t.notifications, "reviews": t.reviews,
+                        "cases": t.review_cases}
         self.publisher = Publisher(
             bootstrap=cfg.settings.kafka_bootstrap, app_id=cfg.app_id, outbox=self.t_outbox,
             outputs=self.outputs, partitions=n,

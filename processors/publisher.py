@@ -1,11 +1,11 @@
-"""The dedupe stage before the output topics: outbox → payouts/notifications/reviews.
+"""The dedupe stage before the output topics: outbox → payouts/notifications/reviews/review-cases.
 
 The referrer stage writes every output record (docs/cli.md#output-records) to an internal
 outbox topic (key = ucc), at least once. This publisher copies the outbox to the output topics with Kafka
 transactions of its own (aiokafka, not Faust's): one transactional producer per outbox
 partition (`<app id>-publisher-<p>`, so a restarted or new owner fences the old one and
 aborts its open transaction), and each transaction holds the output records *and* the
-outbox offset. Records whose id (payout_id / notification_id / case_id) already sits in
+outbox offset. Records whose id (payout_id / notification_id / case_state_id / case_id) already sits in
 that partition of the output topics are dropped; the ids are read back, read_committed,
 when the partition is assigned. So a read_committed consumer of the output topics sees
 each command exactly once, whatever the workers upstream replayed.
@@ -35,10 +35,10 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0  # back-off when a partition cannot be ta
 
 def command_id(value: bytes) -> str:
     doc = orjson.loads(value)
-    for name in ("payout_id", "notification_id", "case_id"):
+    for name in ("payout_id", "notification_id", "case_state_id", "case_id"):  # a case state has both
         if name in doc:
             return str(doc[name])
-    raise ValueError("not an output record: no payout_id, notification_id or case_id")
+    raise ValueError("not an output record: no payout_id, notification_id, case_state_id or case_id")
 
 
 class Publisher(ConsumerRebalanceListener):

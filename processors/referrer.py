@@ -26,13 +26,16 @@ from schemas.commands import (
     REWARD_REVERSED,
     UNLINKED_REFUND,
     UNSUPPORTED_CURRENCY,
+    CaseState,
     NotificationCommand,
     PayoutCommand,
     ReviewCase,
+    case_state_id,
     fact_id,
 )
 from schemas.control import PayoutRun, ReviewDecision
 from schemas.events import (
+    CASES,
     NOTIFICATIONS,
     PAYOUTS,
     REVIEWS,
@@ -55,7 +58,7 @@ HELD = "held"  # waiting in a late_attribution / unsupported_currency case
 REWARDED = "rewarded"
 INELIGIBLE = "ineligible"  # outside the window, or the referral was rejected
 
-# Case.status
+# Case.status (the first four are also the statuses of the CaseState records)
 OPEN = "open"
 APPROVED = "approved"
 REJECTED = "rejected"
@@ -111,6 +114,8 @@ class Case(NamedTuple):
     held: Payment | None = None  # late_attribution / unsupported_currency
     refund: UnlinkedRefund | None = None  # unlinked_refund: the largest cumulative seen
     reversed: int = 0  # unlinked_refund: reversed after approval
+    details: dict[str, object] | None = None  # while open: the ReviewCase's, for its CaseState
+    opened_at: int = 0  # when it opened (0: waiting, or stored before cases kept it)
 
 
 class ReferrerState(NamedTuple):
@@ -246,13 +251,22 @@ class _Tx:
                   ) -> ReferralState:
         if case_id in self.cases:
             return ref
-        self.w_cases()[case_id] = Case(kind, ref.referral_id, OPEN, held, refund)
+        case = self.w_cases()[case_id] = Case(kind, ref.referral_id, OPEN, held, refund, 0, details, at)
         self.out.append(Routed(REVIEWS, self.ucc, ReviewCase(
             case_id, kind, self.ucc, ref.referral_id, details, at,
         )))
+        self.case_state(case_id, case, OPEN, None, None)
         ref = ref._replace(open_cases=(*ref.open_cases, case_id))
         self.put(ref.referral_id, ref)
         return ref
+
+    def case_state(self, case_id: str, case: Case, status: str, at: int | None, reason: str | None) -> None:
+        """The case's new state for the review-cases topic: it opened (`case` as opened) or
+        it ended (`case` as it was while open, `at` and `reason` saying how)."""
+        self.out.append(Routed(CASES, self.ucc, CaseState(
+            case_state_id(case_id, status), case_id, case.kind, self.ucc, case.referral_id, status,
+            case.details or {}, case.opened_at, at, reason,
+        )))
 
     def room(self, ref: ReferralState, currency: str, capped: bool) -> int | None:
         cfg = self.rules.currency_rules(currency)
@@ -468,7 +482,7 @@ def _on_refund(tx: _Tx, m: Refund) -> None:
         ref = _with_payment(ref, m.payment_id, PaymentRecord(PENDING, ""))
         tx.put(m.referral_id, ref)
     _reverse(tx, m.referral_id, m.payment_id, m.charge_id, m.amount, m.amount_refunded, m.created, m.event_id)
-    _end_unlinked_case(tx, m.referral_id, m.charge_id)
+    _end_unlinked_case(tx, m)
 
 
 def _on_unlinked_refund(tx: _Tx, m: UnlinkedRefund) -> None:
@@ -486,7 +500,7 @@ def _on_unlinked_refund(tx: _Tx, m: UnlinkedRefund) -> None:
     assert case.refund is not None
     if m.amount_refunded <= case.refund.amount_refunded or case.status == LINKED:
         return
-    tx.w_cases()[case_id] = Case(case.kind, case.referral_id, case.status, None, m, case.reversed)
+    tx.w_cases()[case_id] = case._replace(refund=m)
     if case.status == APPROVED:
         _reverse_unlinked(tx, case_id, m.created, m.event_id)
 
@@ -508,23 +522,31 @@ def _open_waiting_refunds(tx: _Tx, run: PayoutRun) -> None:
             continue  # nothing it could take back (yet): it keeps waiting
         m = case.refund
         assert m is not None
-        tx.w_cases()[case_id] = Case(case.kind, case.referral_id, OPEN, None, m, case.reversed)
-        tx.out.append(Routed(REVIEWS, tx.ucc, ReviewCase(case_id, UNLINKED_REFUND, tx.ucc, ref.referral_id, {
+        details: dict[str, object] = {
             "customer_id": m.customer_id, "charge_id": m.charge_id, "currency": m.currency,
             "amount": m.amount, "amount_refunded": m.amount_refunded, "refunded_at": m.created,
-        }, run.requested_at)))
+        }
+        opened = case._replace(status=OPEN, details=details, opened_at=run.requested_at)
+        tx.w_cases()[case_id] = opened
+        tx.out.append(Routed(REVIEWS, tx.ucc, ReviewCase(case_id, UNLINKED_REFUND, tx.ucc, ref.referral_id,
+                                                         details, run.requested_at)))
+        tx.case_state(case_id, opened, OPEN, None, None)
         tx.put(ref.referral_id, ref._replace(open_cases=(*ref.open_cases, case_id)))
 
 
-def _end_unlinked_case(tx: _Tx, rid: str, charge: str) -> None:
+def _end_unlinked_case(tx: _Tx, m: Refund) -> None:
     """The charge's link arrived: its waiting or open `unlinked_refund` case ends (LINKED),
     un-pausing the referral if it was the last open one; the normal rule reverses."""
-    case_id = fact_id(UNLINKED_REFUND, tx.ucc, rid, charge)
+    rid = m.referral_id
+    case_id = fact_id(UNLINKED_REFUND, tx.ucc, rid, m.charge_id)
     case = tx.cases.get(case_id)
     if case is None or case.status not in (WAITING, OPEN):
         return
-    tx.w_cases()[case_id] = Case(case.kind, case.referral_id, LINKED, None, case.refund, case.reversed)
+    tx.w_cases()[case_id] = case._replace(status=LINKED, details=None)
     if case.status == OPEN:
+        tx.case_state(case_id, case, LINKED, m.created,
+                      f"the refunded charge is linked to its payment now (refund event {m.event_id}); "
+                      "the normal rule reverses the refund")
         ref = tx.referrals[rid]
         tx.put(rid, ref._replace(open_cases=tuple(c for c in ref.open_cases if c != case_id)))
 
@@ -557,7 +579,7 @@ def _reverse_unlinked(tx: _Tx, case_id: str, at: int, source: str) -> None:
     if delta <= 0:
         return
     target = case.reversed + delta
-    tx.w_cases()[case_id] = Case(case.kind, case.referral_id, case.status, None, m, target)
+    tx.w_cases()[case_id] = case._replace(reversed=target)
     if ref.rejected and not ref.paid_any:
         return
     eid = fact_id("reversal", tx.ucc, ref.referral_id, None, m.charge_id, target)
@@ -592,8 +614,9 @@ def _on_decision(tx: _Tx, d: ReviewDecision) -> None:
     ref = tx.referrals[case.referral_id]
     ref = ref._replace(open_cases=tuple(c for c in ref.open_cases if c != d.case_id))
     tx.put(ref.referral_id, ref)
-    tx.w_cases()[d.case_id] = Case(case.kind, case.referral_id, APPROVED if d.approve else REJECTED,
-                               None, case.refund if case.kind == UNLINKED_REFUND else None, case.reversed)
+    status = APPROVED if d.approve else REJECTED
+    tx.w_cases()[d.case_id] = case._replace(status=status, held=None, details=None)
+    tx.case_state(d.case_id, case, status, d.decided_at, d.reason)
     if case.kind == UNLINKED_REFUND:
         if d.approve:
             _reverse_unlinked(tx, d.case_id, d.decided_at, d.case_id)
@@ -762,7 +785,7 @@ def dumps(s: ReferrerState, encoded: EncodedReferrals | None = None) -> bytes:
         referrals,
         s.earned, s.reversed, s.paid,
         {cid: [c.kind, c.referral_id, c.status, _payment_row(c.held) if c.held else None,
-               _refund_row(c.refund) if c.refund else None, c.reversed]
+               _refund_row(c.refund) if c.refund else None, c.reversed, c.details, c.opened_at]
          for cid, c in s.cases.items()},
         s.runs,
     ])
@@ -780,8 +803,9 @@ def loads(raw: bytes) -> ReferrerState:
             tuple(r[6]), tuple(Entry(e[0], rid, *e[1:]) for e in r[7]))
          for rid, r in referrals.items()},
         earned, reversed_, paid,
+        # rows stored before cases kept their details and opening time have six fields
         {cid: Case(c[0], c[1], c[2], Payment(*c[3]) if c[3] else None,
-                   UnlinkedRefund(*c[4]) if c[4] else None, c[5])
+                   UnlinkedRefund(*c[4]) if c[4] else None, c[5], *c[6:8])
          for cid, c in cases.items()},
         tuple(runs),
     )

@@ -46,7 +46,7 @@ from processors.delivery import (
 )
 from processors.engine import route_stripe_event
 from schemas import commands, control, events
-from schemas.events import CUSTOMER, INVOICE, OUTPUTS, REFERRER, Routed
+from schemas.events import CASES, CUSTOMER, INVOICE, OUTPUTS, REFERRER, Routed
 from schemas.rules import Rules
 from schemas.stripe import StripeEvent, StripeParseError, parse_event
 from schemas.topics import marker_key, marker_offset, placed_key
@@ -215,7 +215,14 @@ class Stage:
         for i, r in enumerate(routed):
             mid = MessageId(source.upstream, source.offset, source.index * 10_000 + i)
             hid = (H_MSG_ID, mid.encode())
-            if r.dest in OUTPUTS:
+            if r.dest == CASES:
+                # keyed by its own id on the compacted topic, but in the outbox partition of
+                # its ucc (`r.key`), with the referrer's other commands: the publisher keeps
+                # their order and finds its id among that partition's
+                outs.append(Out(w.outbox, r.record.case_state_id.encode(), commands.encode(r.record),
+                                [hid, (H_KIND, KIND_COMMAND), (H_DEST, r.dest.encode()), sender],
+                                partition=murmur2_partition(r.key.encode(), w.partitions)))
+            elif r.dest in OUTPUTS:
                 outs.append(Out(w.outbox, r.key.encode(), commands.encode(r.record),
                                 [hid, (H_KIND, KIND_COMMAND), (H_DEST, r.dest.encode()), sender]))
             elif r.dest == CUSTOMER and isinstance(r.record, StripeEvent):

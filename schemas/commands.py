@@ -1,4 +1,5 @@
-"""The output records: payouts, notifications, review cases (docs/cli.md#output-records).
+"""The output records: payouts, notifications, review cases and their states
+(docs/cli.md#output-records).
 
 Every id is a pure function of the facts it stands for (`fact_id`), so a replayed or
 retried command carries the same id and a consumer can drop duplicates.
@@ -28,6 +29,14 @@ UNSUPPORTED_CURRENCY = "unsupported_currency"
 UNLINKED_REFUND = "unlinked_refund"
 LARGE_REWARD = "large_reward"
 CASE_KINDS = (ATTRIBUTION_CONFLICT, LATE_ATTRIBUTION, UNSUPPORTED_CURRENCY, UNLINKED_REFUND, LARGE_REWARD)
+
+# Case states (CaseState.status): a case opens once and ends once, by a decision or, for an
+# unlinked refund, by its charge's link (docs/rules.md#review-cases)
+CASE_OPEN = "open"
+CASE_APPROVED = "approved"
+CASE_REJECTED = "rejected"
+CASE_LINKED = "linked"
+CASE_STATUSES = (CASE_OPEN, CASE_APPROVED, CASE_REJECTED, CASE_LINKED)
 
 
 def fact_id(*parts: str | int | None) -> str:
@@ -79,12 +88,38 @@ class ReviewCase:
     opened_at: int
 
 
-Command = PayoutCommand | NotificationCommand | ReviewCase
+@fast_init
+@dataclass(frozen=True, slots=True)
+class CaseState:
+    """One change of a review case: it opened, or it ended (approved, rejected, linked).
+
+    Written to the compacted review-cases topic, which keeps every case for as long as it
+    exists, whatever the other topics' retention: `refstream review list` and `resolve`
+    read it. The closing record repeats what the opening one said, so each record stands
+    alone."""
+
+    case_state_id: str  # case_state_id(case_id, status)
+    case_id: str
+    kind: str
+    ucc: str
+    referral_id: str
+    status: str  # CASE_STATUSES
+    details: dict[str, Any]  # as on the ReviewCase
+    opened_at: int
+    decided_at: int | None  # None while open: the decision's time, or the time of the link
+    reason: str | None  # None while open: the decision's reason, or why the link ended it
+
+
+def case_state_id(case_id: str, status: str) -> str:
+    return fact_id("case_state", case_id, status)
+
+
+Command = PayoutCommand | NotificationCommand | ReviewCase | CaseState
 
 
 # Commands whose fields are all plain values: their dict is built from the slots directly,
-# several times cheaper than `asdict`'s deep copy and the same bytes (a review case's
-# `details` may hold anything, so it keeps `asdict`).
+# several times cheaper than `asdict`'s deep copy and the same bytes (a review case's and a
+# case state's `details` may hold anything, so they keep `asdict`).
 _FLAT: dict[type[Any], tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in (PayoutCommand, NotificationCommand)
 }
@@ -107,6 +142,8 @@ def decode(raw: bytes) -> Command:
         return PayoutCommand(**doc)
     if "notification_id" in doc:
         return NotificationCommand(**doc)
+    if "case_state_id" in doc:  # before case_id, which it carries too
+        return CaseState(**doc)
     if "case_id" in doc:
         return ReviewCase(**doc)
-    raise ValueError("not a payout, notification or review case record")
+    raise ValueError("not a payout, notification, review case or case state record")

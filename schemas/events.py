@@ -191,15 +191,17 @@ def decode(raw: bytes) -> DomainEvent:
 
 # --- routing ------------------------------------------------------------------------------
 
-# Destinations: the next stage, keyed by `key`, or an output topic (key = ucc).
+# Destinations: the next stage, keyed by `key`, or an output topic (`key` = ucc, which
+# also picks the output partition; a case state's Kafka key is its own id).
 CUSTOMER = "customer"
 INVOICE = "invoice"
 REFERRER = "referrer"
 PAYOUTS = "payouts"
 NOTIFICATIONS = "notifications"
 REVIEWS = "reviews"
+CASES = "cases"  # CaseState records: the compacted review-cases topic
 STAGES = (CUSTOMER, INVOICE, REFERRER)
-OUTPUTS = (PAYOUTS, NOTIFICATIONS, REVIEWS)
+OUTPUTS = (PAYOUTS, NOTIFICATIONS, REVIEWS, CASES)
 
 
 class Routed(NamedTuple):

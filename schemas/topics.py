@@ -13,6 +13,7 @@ CONTROL = "control"
 PAYOUTS = "payouts"
 NOTIFICATIONS = "notifications"
 REVIEWS = "reviews"
+REVIEW_CASES = "review-cases"
 DEAD_LETTERS = "dead-letters"
 
 # Partitions bound how many workers can share the load; 8 is plenty for one programme
@@ -24,6 +25,11 @@ DEFAULT_PARTITIONS = 8
 # commands for downstream consumers, which can always be recomputed by replay.
 FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
 OUTPUT_RETENTION = {"retention.ms": str(30 * 24 * 3600 * 1000), "cleanup.policy": "delete"}
+# Review cases, though, are state a person acts on, for as long as a case is open: their
+# states are compacted, never deleted for age. Each record's key is its own id (a case's
+# opening and its end are two keys), so compaction only ever drops an exact duplicate: the
+# publisher's duplicate check reads these ids back, and none of them may disappear.
+COMPACTED = {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,10 @@ class Topics:
         return self._name(REVIEWS)
 
     @property
+    def review_cases(self) -> str:
+        return self._name(REVIEW_CASES)
+
+    @property
     def dead_letters(self) -> str:
         return self._name(DEAD_LETTERS)
 
@@ -76,6 +86,9 @@ class Topics:
             TopicSpec(self.payouts, partitions, dict(OUTPUT_RETENTION)),
             TopicSpec(self.notifications, partitions, dict(OUTPUT_RETENTION)),
             TopicSpec(self.reviews, partitions, dict(OUTPUT_RETENTION)),
+            # as many partitions as the other outputs: the publisher writes each case state
+            # to the partition of its ucc, next to the referrer's other commands
+            TopicSpec(self.review_cases, partitions, dict(COMPACTED)),
             TopicSpec(self.dead_letters, 1, dict(FOREVER)),
         ]
 

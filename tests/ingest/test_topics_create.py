@@ -35,10 +35,10 @@ def test_cli_creates_both_environments_topics_and_twice_is_harmless(
     runner = CliRunner()
     first = runner.invoke(main, ["topics", "create", "--prefix", topic_prefix, "--partitions", "4"])
     assert first.exit_code == 0, first.output
-    assert first.output.count("created") == 12
+    assert first.output.count("created") == 14  # 7 per environment
     second = runner.invoke(main, ["topics", "create", "--prefix", topic_prefix, "--partitions", "4"])
     assert second.exit_code == 0, second.output
-    assert second.output.count("exists") == 12 and "created" not in second.output
+    assert second.output.count("exists") == 14 and "created" not in second.output
 
 
 async def test_topics_have_their_partitions_and_retention(bootstrap: str, topic_prefix: str) -> None:
@@ -53,6 +53,11 @@ async def test_topics_have_their_partitions_and_retention(bootstrap: str, topic_
     assert configs[topics.stripe_events]["retention.ms"] == "-1"
     assert configs[topics.stripe_events]["retention.bytes"] == "-1"
     assert configs[topics.payouts]["retention.ms"] != "-1"
+    # review cases are kept for as long as they exist: compacted, never deleted for age, and
+    # with the outputs' partitions (the publisher writes each to its referrer's partition)
+    assert configs[topics.review_cases]["cleanup.policy"] == "compact"
+    assert configs[topics.review_cases]["retention.ms"] == "-1"
+    assert partitions[topics.review_cases] == partitions[topics.reviews] == 4
     again = await create_topics(bootstrap, ["sandbox"], prefix=topic_prefix, partitions=4)
     assert {r.status for r in again} == {"exists"}
 

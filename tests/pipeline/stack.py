@@ -271,8 +271,8 @@ class Stack:
 
     async def outputs(self) -> list[bytes]:
         t = self.topics
-        return [v for _, v in await read_to_end(self.bootstrap, [t.payouts, t.notifications, t.reviews],
-                                                timeout_s=60)]
+        return [v for _, v in await read_to_end(
+            self.bootstrap, [t.payouts, t.notifications, t.reviews, t.review_cases], timeout_s=60)]
 
     async def control_records(self) -> list[bytes]:
         return [v for _, v in await read_to_end(self.bootstrap, [self.topics.control])]
@@ -369,7 +369,8 @@ class Stack:
 
 def command_id(raw: bytes) -> str:
     doc = orjson.loads(raw)
-    return str(doc.get("payout_id") or doc.get("notification_id") or doc.get("case_id"))
+    return str(doc.get("payout_id") or doc.get("notification_id") or doc.get("case_state_id")
+               or doc.get("case_id"))
 
 
 def of_kind(records: Iterable[bytes], cls: type) -> list[Any]:

@@ -8,7 +8,7 @@ import pytest
 
 from processors.engine import Engine, Routed
 from schemas import control
-from schemas.commands import NotificationCommand, PayoutCommand, ReviewCase
+from schemas.commands import CaseState, NotificationCommand, PayoutCommand, ReviewCase
 from schemas.rules import Rules, load_rules, parse_rules
 
 EXAMPLE_RULES = Path(__file__).resolve().parents[2] / "examples" / "rules.toml"
@@ -58,6 +58,16 @@ def payouts(out: list[Routed]) -> list[PayoutCommand]:
 def cases(out: list[Routed], kind: str | None = None) -> list[ReviewCase]:
     return [r.record for r in out if isinstance(r.record, ReviewCase)
             and (kind is None or r.record.kind == kind)]
+
+
+def case_states(out: list[Routed]) -> list[tuple[str, str]]:
+    """(case id, status) of the case states in `out` (the review-cases topic's records)."""
+    return [(r.record.case_id, r.record.status) for r in out if isinstance(r.record, CaseState)]
+
+
+def released(out: list[Routed]) -> list[Routed]:
+    """`out` without the case states: the commands a step made."""
+    return [r for r in out if not isinstance(r.record, CaseState)]
 
 
 def run(engine: Engine, run_id: str, as_of: int) -> list[Routed]:

@@ -21,6 +21,7 @@ from processors import alignment, invoice_link, referral, referrer
 from processors.alignment import Alignment
 from processors.delivery import Envelope, dumps_envelope, loads_envelope, murmur2_partition
 from processors.engine import Engine, Routed
+from processors.publisher import command_id
 from processors.stages import (
     ALIGNMENT_KEY,
     Counters,
@@ -219,8 +220,7 @@ class Sim:
         out: dict[str, bytes] = {}
         for part in self.topics[self.w.outbox]:
             for r in part:
-                doc = orjson.loads(r.value)
-                cid = next(str(doc[k]) for k in ("payout_id", "notification_id", "case_id") if k in doc)
+                cid = command_id(r.value)  # the publisher's own: a case state's id, not its case's
                 assert out.setdefault(cid, r.value) == r.value, f"two different records with id {cid}"
         return out
 
@@ -262,7 +262,5 @@ def replay(sim: Sim, rules: Rules) -> tuple[Engine, dict[str, bytes]]:
     made: dict[str, bytes] = {}
     for r in out:
         raw = commands.encode(r.record)
-        doc = orjson.loads(raw)
-        cid = next(str(doc[k]) for k in ("payout_id", "notification_id", "case_id") if k in doc)
-        made[cid] = raw
+        made[command_id(raw)] = raw
     return engine, made

@@ -12,6 +12,10 @@ COMMANDS = [
     commands.NotificationCommand("n1", commands.PAYOUT_CREATED, "ucc_X", None, "usd", 2750, "c1", 1),
     commands.NotificationCommand("n2", commands.NEW_SIGNUP, "ucc_X", "user:u1", "usd", 500, "evt_1", 1),
     commands.ReviewCase("c1", commands.LARGE_REWARD, "ucc_X", "user:u1", {"amount": 60000}, 1),
+    commands.CaseState("s1", "c1", commands.LARGE_REWARD, "ucc_X", "user:u1", commands.CASE_OPEN,
+                       {"amount": 60000}, 1, None, None),
+    commands.CaseState("s2", "c1", commands.LARGE_REWARD, "ucc_X", "user:u1", commands.CASE_APPROVED,
+                       {"amount": 60000}, 1, 2, "checked the invoice"),
 ]
 
 

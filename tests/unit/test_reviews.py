@@ -16,7 +16,17 @@ from schemas.commands import (
 )
 from schemas.rules import Rules
 from tests.unit.builders import customer, invoice_paid, refund, ts
-from tests.unit.conftest import cases, decide, feed, make_rules, notifications, payouts, run
+from tests.unit.conftest import (
+    case_states,
+    cases,
+    decide,
+    feed,
+    make_rules,
+    notifications,
+    payouts,
+    released,
+    run,
+)
 
 JAN10 = ts("2026-01-10")
 JAN11 = ts("2026-01-11")
@@ -42,10 +52,11 @@ def test_an_open_case_withholds_the_referrals_positive_entries(rules: Rules) -> 
 
 def test_approve_releases_and_deciding_twice_changes_nothing(rules: Rules) -> None:
     engine, case = with_conflict(rules)
-    assert decide(engine, case, True, ts("2026-02-01")) == []
+    out = decide(engine, case, True, ts("2026-02-01"))
+    assert released(out) == [] and case_states(out) == [(case.case_id, "approved")]
     [payout] = payouts(run(engine, "r1", LATER))
     assert payout.amount == 4000
-    assert decide(engine, case, False, ts("2026-02-02")) == []  # already decided
+    assert decide(engine, case, False, ts("2026-02-02")) == []  # already decided: not even a case state
     assert engine.referrer("ucc_X").currencies["usd"].earned == 4000  # type: ignore[union-attr]
 
 
@@ -98,7 +109,8 @@ def test_late_attribution_rejected_voids_the_referral(rules: Rules) -> None:
     feed(engine, customer("cus_A", JAN10), invoice_paid("in_1", "cus_A", ts("2026-01-15"), amount_paid=4000))
     [case] = cases(feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1", type_="customer.updated",
                                          at=ts("2026-03-01"))))
-    assert decide(engine, case, False, ts("2026-03-02")) == []
+    out = decide(engine, case, False, ts("2026-03-02"))
+    assert released(out) == [] and case_states(out) == [(case.case_id, "rejected")]
     assert payouts(run(engine, "r1", LATER)) == []
     assert engine.referrer("ucc_X").currencies["usd"].earned == 0  # type: ignore[union-attr]
 
@@ -160,7 +172,8 @@ def test_unlinked_refund_rejected_is_ignored(rules: Rules) -> None:
     feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"),
          invoice_paid("in_1", "cus_A", JAN11, amount_paid=10000, new_shape=True))
     case = unlinked_case(engine, 4000)
-    assert decide(engine, case, False, ts("2026-01-21")) == []
+    out = decide(engine, case, False, ts("2026-01-21"))
+    assert released(out) == [] and case_states(out) == [(case.case_id, "rejected")]
     [payout] = payouts(run(engine, "r1", LATER))
     assert payout.amount == 4000  # nothing reversed, nothing voided
 

@@ -8,7 +8,7 @@ from processors.referrer import unpaid_entries
 from schemas.commands import LARGE_REWARD, LATE_ATTRIBUTION, REWARD_EARNED, UNSUPPORTED_CURRENCY
 from schemas.rules import Rules
 from tests.unit.builders import charge, customer, invoice_paid, subscription, ts
-from tests.unit.conftest import cases, decide, feed, make_rules, notifications, payouts, run
+from tests.unit.conftest import cases, decide, feed, make_rules, notifications, payouts, released, run
 
 JAN10 = ts("2026-01-10")
 NO_CAP = {"signup_bonus": 500, "purchase_bonus": 1000, "min_payout": 1}
@@ -237,6 +237,6 @@ def test_a_late_judgement_is_revisited_when_an_earlier_attribution_event_arrives
     out = feed(engine, customer("cus_A", JAN10, ucc="ucc_X", user="u1"))
     [n] = notifications(out, REWARD_EARNED)
     assert n.amount == 1000 + 1000
-    assert decide(engine, case, True, ts("2026-06-02")) == []  # nothing more to release
+    assert released(decide(engine, case, True, ts("2026-06-02"))) == []  # nothing more to release
     [p] = payouts(run(engine, "r1", ts("2026-07-01")))
     assert p.amount == 2500
