@@ -55,6 +55,9 @@ def test_commands_without_a_broker_end_quietly_on_a_closed_pipe(tmp_path: Path) 
 @pytest.mark.kafka
 def test_review_list_into_a_closed_pipe_ends_quietly(bootstrap: str, topic_prefix: str,
                                                      tmp_path: Path) -> None:
+    from refstream.commands.topics import create_topics as create_every_topic
+
+    asyncio.run(create_every_topic(bootstrap, ["sandbox"], prefix=topic_prefix, partitions=1))
     env = _env(tmp_path, REFSTREAM_KAFKA_BOOTSTRAP=bootstrap)
     result = into_closed_pipe(["review", "list", "--topic-prefix", topic_prefix], env, tmp_path)
     assert (result.returncode, result.stderr.decode()) == (CLOSED_PIPE_EXIT, "")

@@ -125,6 +125,19 @@ def worker(web_port: int, web_host: str, log_level: str, topic_prefix: str) -> N
             f"(`refstream topics create`), or check REFSTREAM_ENV (now {cfg.settings.env!r}) and "
             "REFSTREAM_KAFKA_BOOTSTRAP."
         )
+    # the review cases' topic came later than the others: a deployment whose topics were
+    # created before it must create it before a case is published (the publisher would stall)
+    review_cases = Topics(env=cfg.settings.env, prefix=topic_prefix).review_cases
+    try:
+        cases_partitions = _partitions(cfg.settings.kafka_bootstrap, review_cases)
+    except Exception as exc:
+        raise failure(cfg.settings.kafka_bootstrap, "The worker cannot start", exc) from None
+    if cases_partitions is None:
+        raise click.ClickException(
+            f"Kafka at {cfg.settings.kafka_bootstrap} has no topic {review_cases}, where the worker keeps "
+            "the review cases. Create it with `refstream topics create` (it adds the missing topics and "
+            "leaves the others as they are)."
+        )
     cfg = dataclasses.replace(cfg, partitions=n or DEFAULT_PARTITIONS, web_host=web_host)
     _check_data_dir(cfg.data_dir)
     asyncio.run(ensure_internal_topics(cfg))
