@@ -147,6 +147,8 @@ class Batch:
         self.dirty: set[str] = set()
         self.alignments: dict[int, Alignment] = {}
         self.aligned_dirty: set[int] = set()
+        self.metas: dict[str, bytes | None] = {}
+        self.meta_dirty: set[str] = set()
         self.current: faust.types.EventT | None = None
 
     def _read(self, key: str) -> bytes | None:
@@ -213,6 +215,19 @@ class Batch:
         self.aligned_dirty.add(partition)
         self.owner[ALIGNMENT_KEY.format(partition=partition)] = self.current
 
+    def meta(self, name: str, partition: int) -> bytes | None:
+        key = f"\x00{name}:{partition}"
+        if key not in self.metas:
+            self.metas[key] = self._read(key)
+        return self.metas[key]
+
+    def set_meta(self, name: str, partition: int, raw: bytes) -> None:
+        assert self.current is not None
+        key = f"\x00{name}:{partition}"
+        self.metas[key] = raw
+        self.meta_dirty.add(key)
+        self.owner[key] = self.current
+
     # --- after the acks -------------------------------------------------------------------
 
     def write(self) -> None:
@@ -227,6 +242,10 @@ class Batch:
         for partition in self.aligned_dirty:
             key = ALIGNMENT_KEY.format(partition=partition)
             self._write(key, alignment.dumps(self.alignments[partition]), self.owner[key])
+        for key in self.meta_dirty:
+            raw = self.metas[key]
+            assert raw is not None
+            self._write(key, raw, self.owner[key])
 
 
 async def take_batches(
@@ -319,7 +338,7 @@ class Pipeline:
             invoice=self.t_invoice, referrer=self.t_referrer, outbox=self.t_outbox,
             dead_letters=t.dead_letters, partitions=n,
         )
-        self.stages = stages(self.wiring, self.rules, self.counters)
+        self.stages = stages(self.wiring, cfg.book, self.counters)
         self.customer_stage = _codec(referral)
         self.invoice_stage = _codec(invoice_link)
         self.referrer_stage = _codec(referrer, reuses_rows=True)

@@ -21,7 +21,7 @@ from mode.utils.queues import FlowControlEvent
 from processors import handoff
 from processors.windows import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 from refstream.settings import Settings
-from schemas.rules import Rules, load_rules
+from schemas.rules import RuleBook, Rules, load_rules
 from schemas.topics import DEFAULT_PARTITIONS, Topics
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "examples" / "rules.toml"
@@ -36,6 +36,13 @@ class WorkerConfig:
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     web_token: str | None = None  # bearer token for the web API; None = open (127.0.0.1 only)
+    # the first rules revision in the control log (refstream/control_log.py); None: `rules`
+    # alone, as a test or benchmark configures it
+    first: RuleBook | None = None
+
+    @property
+    def book(self) -> RuleBook:
+        return self.first if self.first is not None else RuleBook.of(self.rules)
 
     @property
     def app_id(self) -> str:

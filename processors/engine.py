@@ -19,10 +19,15 @@ from processors.referral import CustomerState
 from processors.referrer import ReferrerState, ReferrerSummary
 from schemas import control
 from schemas.events import CUSTOMER, INVOICE, OUTPUTS, REFERRER, InvoicePaymentPaid, Routed
-from schemas.rules import Rules
+from schemas.rules import Revision, RuleBook, Rules, parse_rules_cached
 from schemas.stripe import InvoicePayment, StripeEvent, parse_event
 
-__all__ = ["Engine", "Routed", "route_stripe_event"]
+__all__ = ["Engine", "Routed", "revision_of", "route_stripe_event"]
+
+
+def revision_of(record: control.RulesRevision) -> Revision:
+    """A published revision as the rule book holds it (raises RulesError if its text is bad)."""
+    return Revision(record.effective_from, parse_rules_cached(record.rules), key=record.control_id)
 
 
 def route_stripe_event(event: StripeEvent) -> list[Routed]:
@@ -46,12 +51,21 @@ def route_stripe_event(event: StripeEvent) -> list[Routed]:
 class Engine:
     """All stage states in memory; `feed_*` return the output records in the order made."""
 
-    def __init__(self, rules: Rules):
-        self.rules = rules
+    def __init__(self, rules: Rules | RuleBook, *, follow_log: bool = True):
+        """`rules`: one rules file for all time, or a book of revisions. `follow_log`: rules
+        revisions met in the log are added as they come, as the live worker adds them
+        (docs/rules.md#revisions); False for a what-if replay that replaces them all."""
+        self.book = rules if isinstance(rules, RuleBook) else RuleBook.of(rules)
+        self.follow_log = follow_log
         self.customers: dict[str, CustomerState] = {}
         self.invoices: dict[str, InvoiceLinkState] = {}
         self.referrers: dict[str, ReferrerState] = {}
         self.latest = 0  # the latest event or control time seen: the default "as of"
+
+    @property
+    def rules(self) -> Rules:
+        """The latest revision's default campaign (what a summary names its currency by)."""
+        return self.book.latest.rules
 
     def feed_stripe(self, raw: bytes) -> list[Routed]:
         """Parse (raises StripeParseError on a malformed body) and fold one log record."""
@@ -69,7 +83,7 @@ class Engine:
         if customer is None:
             return []
         customers = self.customers
-        customers[customer], produced = referral.step(customers.get(customer), event, self.rules)
+        customers[customer], produced = referral.step(customers.get(customer), event, self.book)
         return self._run(produced) if produced else []
 
     def feed_control(self, raw: bytes) -> list[Routed]:
@@ -81,7 +95,7 @@ class Engine:
             self.latest = max(self.latest, record.requested_at)
             # a payout run reaches every referrer, in a stable order; stepped directly (one
             # envelope per referrer would be the run's main cost), then their outputs in order
-            referrers, rules, step = self.referrers, self.rules, referrer.step
+            referrers, rules, step = self.referrers, self.book, referrer.step
             produced: list[Routed] = []
             for ucc in sorted(referrers):
                 referrers[ucc], out = step(referrers[ucc], record, rules)
@@ -89,6 +103,12 @@ class Engine:
             return self._run(produced) if produced else []
         if isinstance(record, control.ControlPlaced):
             return []  # where a control event takes effect; the merged log already says it
+        if isinstance(record, control.RulesRevision):
+            if self.follow_log:
+                self.book = self.book.adding(revision_of(record))
+            return []
+        if isinstance(record, control.CampaignAssignment):
+            return self._run([Routed(REFERRER, record.ucc, record)])
         self.latest = max(self.latest, record.decided_at)
         if record.ucc not in self.referrers:
             return []  # no such referrer (yet): nothing to decide
@@ -97,9 +117,9 @@ class Engine:
     def _run(self, first: Iterable[Routed]) -> list[Routed]:
         queue = deque(first)
         outputs: list[Routed] = []
-        rules = self.rules
+        rules = self.book
         # dest → (step function, its states); built per call, so rebinding a table is safe
-        stages: dict[str, tuple[Callable[[Any, Any, Rules], tuple[Any, list[Routed]]], dict[str, Any]]] = {
+        stages: dict[str, tuple[Callable[[Any, Any, RuleBook], tuple[Any, list[Routed]]], dict[str, Any]]] = {
             CUSTOMER: (referral.step, self.customers),
             INVOICE: (invoice_link.step, self.invoices),
             REFERRER: (referrer.step, self.referrers),

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import orjson
 
 from schemas.events import CUSTOMER, InvoicePaymentPaid, InvoiceSeen, PaymentLink, Routed
-from schemas.rules import Rules
+from schemas.rules import RuleBook
 
 InvoiceMessage = InvoicePaymentPaid | InvoiceSeen
 
@@ -25,7 +25,7 @@ class InvoiceLinkState(NamedTuple):
 
 
 def step(
-    state: InvoiceLinkState | None, message: InvoiceMessage, rules: Rules
+    state: InvoiceLinkState | None, message: InvoiceMessage, rules: RuleBook
 ) -> tuple[InvoiceLinkState, list[Routed]]:
     if state is None:
         state = InvoiceLinkState(message.invoice_id, None, ())

@@ -26,7 +26,7 @@ from schemas.events import (
     SubscriptionEnded,
     UnlinkedRefund,
 )
-from schemas.rules import Rules
+from schemas.rules import RuleBook, Rules
 from schemas.stripe import Charge, Customer, Invoice, StripeEvent, Subscription
 
 CustomerMessage = StripeEvent | PaymentLink
@@ -95,8 +95,10 @@ def _set(s: CustomerState, index: int, value: object) -> CustomerState:
 
 
 def step(
-    state: CustomerState | None, message: CustomerMessage, rules: Rules
+    state: CustomerState | None, message: CustomerMessage, rules: RuleBook
 ) -> tuple[CustomerState, list[Routed]]:
+    if not isinstance(rules, RuleBook):  # transition: the shell still passes one Rules
+        rules = RuleBook.of(rules)
     if isinstance(message, PaymentLink):
         if state is None:
             state = CustomerState(message.customer_id)
@@ -131,7 +133,7 @@ def referral_id_for(customer: Customer, rules: Rules) -> str | None:
     return None
 
 
-def _judge(s: CustomerState, p: HeldPayment, rules: Rules) -> bool | None:
+def _judge(s: CustomerState, p: HeldPayment, rules: RuleBook) -> bool | None:
     """None: not rewardable (deleted / cancelled before it); else whether it is late."""
     if s.deleted_at is not None and s.deleted_at < p.created:
         return None
@@ -140,10 +142,11 @@ def _judge(s: CustomerState, p: HeldPayment, rules: Rules) -> bool | None:
         if snap is not None and snap.ended_at is not None and snap.ended_at < p.created:
             return None
     assert s.attributed_at is not None
-    return s.attributed_at - p.created > rules.late_attribution_days * DAY
+    # judged under the revision in force at the payment's paid time
+    return s.attributed_at - p.created > rules.at(p.earned_at).late_attribution_days * DAY
 
 
-def _forward(s: CustomerState, p: HeldPayment, rules: Rules, out: list[Routed]) -> CustomerState:
+def _forward(s: CustomerState, p: HeldPayment, rules: RuleBook, out: list[Routed]) -> CustomerState:
     late = _judge(s, p, rules)
     if late is None or s.ucc is None or s.referral_id is None:
         return s
@@ -156,7 +159,7 @@ def _forward(s: CustomerState, p: HeldPayment, rules: Rules, out: list[Routed]) 
     return s
 
 
-def _revisit_late(s: CustomerState, rules: Rules, out: list[Routed]) -> CustomerState:
+def _revisit_late(s: CustomerState, rules: RuleBook, out: list[Routed]) -> CustomerState:
     """An earlier event with the same attribution arrived: payments judged late against
     the later time may be in time after all; they are sent again as not late."""
     still: list[HeldPayment] = []
@@ -176,12 +179,12 @@ def _payment_of(s: CustomerState, charge_id: str, intent: str | None) -> str | N
 
 
 def _send_refund(
-    s: CustomerState, charge_id: str, r: PendingRefund, rules: Rules, out: list[Routed]
+    s: CustomerState, charge_id: str, r: PendingRefund, rules: RuleBook, out: list[Routed]
 ) -> bool:
     """Sends what is known about a refund; True when it is linked (no longer pending)."""
     assert s.ucc is not None and s.referral_id is not None
-    if charge_id in s.one_offs and not rules.reward_one_off_charges:
-        return True  # a one-off payment the rules do not reward: nothing to reverse
+    if charge_id in s.one_offs and _payment_of(s, charge_id, None) is None:
+        return True  # a one-off payment the rules did not reward (so not linked): nothing to reverse
     payment_id = _payment_of(s, charge_id, r.payment_intent)
     if payment_id is not None:
         out.append(Routed(REFERRER, s.ucc, Refund(
@@ -196,7 +199,7 @@ def _send_refund(
     return False
 
 
-def _flush_refunds(s: CustomerState, rules: Rules, out: list[Routed]) -> CustomerState:
+def _flush_refunds(s: CustomerState, rules: RuleBook, out: list[Routed]) -> CustomerState:
     """After the attribution: send every pending refund step; keep the unlinked ones."""
     if not s.pending_refunds or s.ucc is None:
         return s
@@ -210,7 +213,7 @@ def _flush_refunds(s: CustomerState, rules: Rules, out: list[Routed]) -> Custome
     return s._replace(pending_refunds=remaining or None)
 
 
-def _flush_linked_refunds(s: CustomerState, rules: Rules, out: list[Routed]) -> CustomerState:
+def _flush_linked_refunds(s: CustomerState, rules: RuleBook, out: list[Routed]) -> CustomerState:
     """After new links: send the pending refunds that are now linked (and only those), step
     by step, as they would have gone had the link come first."""
     if not s.pending_refunds or s.ucc is None:
@@ -241,13 +244,13 @@ def _report_ended(s: CustomerState, out: list[Routed]) -> CustomerState:
 
 
 def _on_customer(
-    s: CustomerState, ev: StripeEvent, c: Customer, rules: Rules, out: list[Routed]
+    s: CustomerState, ev: StripeEvent, c: Customer, rules: RuleBook, out: list[Routed]
 ) -> CustomerState:
     if c.created is not None and s.created is None:
         s = _set(s, _CREATED, c.created)
     if ev.type == "customer.deleted" and (s.deleted_at is None or ev.created < s.deleted_at):
         s = s._replace(deleted_at=ev.created)
-    referral = referral_id_for(c, rules) if c.ucc else None
+    referral = referral_id_for(c, rules.at(ev.created)) if c.ucc else None
     if c.ucc is None or referral is None:
         return s  # no (complete) attribution here; removing metadata changes nothing
     if s.ucc is not None:
@@ -298,7 +301,7 @@ def _with_links(s: CustomerState, ids: list[str], payment_id: str) -> CustomerSt
 
 
 def _on_invoice(
-    s: CustomerState, ev: StripeEvent, inv: Invoice, rules: Rules, out: list[Routed]
+    s: CustomerState, ev: StripeEvent, inv: Invoice, rules: RuleBook, out: list[Routed]
 ) -> CustomerState:
     ids = [i for i in (inv.charge, inv.payment_intent) if i] + list(inv.payment_charges) + list(
         inv.payment_intents
@@ -321,7 +324,7 @@ def _on_invoice(
     return _on_payment(s, p, rules, out)
 
 
-def _on_payment(s: CustomerState, p: HeldPayment, rules: Rules, out: list[Routed]) -> CustomerState:
+def _on_payment(s: CustomerState, p: HeldPayment, rules: RuleBook, out: list[Routed]) -> CustomerState:
     if s.ucc is None:
         if any(h.payment_id == p.payment_id for h in s.held):
             return s
@@ -330,12 +333,12 @@ def _on_payment(s: CustomerState, p: HeldPayment, rules: Rules, out: list[Routed
 
 
 def _on_charge(
-    s: CustomerState, ev: StripeEvent, ch: Charge, rules: Rules, out: list[Routed]
+    s: CustomerState, ev: StripeEvent, ch: Charge, rules: RuleBook, out: list[Routed]
 ) -> CustomerState:
     if ch.one_off:
         if ch.id not in s.one_offs:
             s = s._replace(one_offs=(*s.one_offs, ch.id))
-        if rules.reward_one_off_charges:
+        if rules.at(ch.created).reward_one_off_charges:
             s = _with_links(s, [ch.id], ch.id)
             if ev.type == "charge.succeeded" and ch.amount > 0:
                 s = _on_payment(s, HeldPayment(
@@ -375,7 +378,7 @@ def _on_subscription(
     return _report_ended(s, out) if ended_at is not None else s
 
 
-def _on_link(s: CustomerState, link: PaymentLink, rules: Rules) -> tuple[CustomerState, list[Routed]]:
+def _on_link(s: CustomerState, link: PaymentLink, rules: RuleBook) -> tuple[CustomerState, list[Routed]]:
     ids = [i for i in (link.charge_id, link.payment_intent_id) if i]
     s = _with_links(s, ids, link.invoice_id)
     out: list[Routed] = []

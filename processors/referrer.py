@@ -33,7 +33,7 @@ from schemas.commands import (
     case_state_id,
     fact_id,
 )
-from schemas.control import PayoutRun, ReviewDecision
+from schemas.control import CampaignAssignment, PayoutRun, ReviewDecision
 from schemas.events import (
     CASES,
     NOTIFICATIONS,
@@ -48,9 +48,9 @@ from schemas.events import (
     SubscriptionEnded,
     UnlinkedRefund,
 )
-from schemas.rules import Rules
+from schemas.rules import RuleBook, Rules
 
-ReferrerMessage = ReferrerEvent | PayoutRun | ReviewDecision
+ReferrerMessage = ReferrerEvent | PayoutRun | ReviewDecision | CampaignAssignment
 
 # PaymentRecord.status
 PENDING = "pending"  # only refunds seen so far
@@ -126,6 +126,8 @@ class ReferrerState(NamedTuple):
     paid: dict[str, int]
     cases: dict[str, Case]
     runs: tuple[str, ...]  # payout run ids already applied
+    # (effective from, campaign name), oldest first: the referrer's campaign assignments
+    campaigns: tuple[tuple[int, str], ...]
 
 
 # Building a NamedTuple with `tuple.__new__` skips the generated `__new__` and `_replace`'s
@@ -151,7 +153,7 @@ def _referral(r: ReferralState, *, purchase_bonus_granted: bool | None = None,
 
 
 def empty_state(ucc: str) -> ReferrerState:
-    return ReferrerState(ucc, {}, {}, {}, {}, {}, ())
+    return ReferrerState(ucc, {}, {}, {}, {}, {}, (), ())
 
 
 def unpaid_entries(state: ReferrerState) -> list[Entry]:
@@ -179,9 +181,12 @@ class _Tx:
     """Working copy of one step: containers are copied on first write (most steps touch
     two or three of them); `done()` freezes it into the new state."""
 
-    def __init__(self, s: ReferrerState, rules: Rules):
+    def __init__(self, s: ReferrerState, book: RuleBook):
         self.ucc = s.ucc
-        self.rules = rules
+        self.book = book
+        self.campaigns = s.campaigns
+        # the rules that price the fact at hand: set by `price(t)` before it is priced
+        self.rules: Rules = book.at(0).campaign(campaign_at(s.campaigns, 0))
         self.referrals = s.referrals
         self.added: dict[str, list[Entry]] = {}
         self.earned = s.earned
@@ -223,6 +228,7 @@ class _Tx:
             self.put(rid, _referral(r, entries=r.entries + tuple(new)))
         return ReferrerState(
             self.ucc, self.referrals, self.earned, self.reversed, self.paid, self.cases, self.runs,
+            self.campaigns,
         ), self.out
 
     # --- building blocks ---
@@ -268,11 +274,26 @@ class _Tx:
             case.details or {}, case.opened_at, at, reason,
         )))
 
+    def price(self, t: int) -> Rules:
+        """Price a fact of time `t`: the revision in force then, and the referrer's campaign
+        then (docs/rules.md#revisions, docs/rules.md#campaigns)."""
+        self.rules = self.book.at(t).campaign(campaign_at(self.campaigns, t))
+        return self.rules
+
     def room(self, ref: ReferralState, currency: str, capped: bool) -> int | None:
         cfg = self.rules.currency_rules(currency)
         if not capped or cfg is None or cfg.max_reward_per_referral is None:
             return None
         return max(0, cfg.max_reward_per_referral - ref.gross.get(currency, 0))
+
+
+def campaign_at(campaigns: tuple[tuple[int, str], ...], t: int) -> str | None:
+    """The campaign a referrer is on at time `t` (None: the default one)."""
+    name = None
+    for since, campaign in campaigns:
+        if since <= t:
+            name = campaign
+    return name
 
 
 def _with_payment(ref: ReferralState, payment_id: str, rec: PaymentRecord) -> ReferralState:
@@ -287,10 +308,11 @@ def _cut(amount: int, room: int | None) -> int:
 
 
 def step(
-    state: ReferrerState | None, message: ReferrerMessage, rules: Rules
+    state: ReferrerState | None, message: ReferrerMessage, rules: RuleBook | Rules
 ) -> tuple[ReferrerState, list[Routed]]:
     """Fold one message. With `state=None` and a control record: an empty state, no output
     (a payout run or decision for a referrer with nothing; callers need not store it)."""
+    book = rules if isinstance(rules, RuleBook) else RuleBook.of(rules)
     if state is None:
         state = empty_state(message.ucc if not isinstance(message, PayoutRun) else "")
     if type(message) is PayoutRun:
@@ -300,18 +322,19 @@ def step(
             return state, []  # the same run id twice pays nothing more
         opened: list[Routed] = []
         if state.cases and any(c.status == WAITING for c in state.cases.values()):
-            tx = _Tx(state, rules)
+            tx = _Tx(state, book)
             _open_waiting_refunds(tx, message)
             state, opened = tx.done()
         payable = _payable(state.referrals, None, message.as_of)
         if not payable:
             return _new(ReferrerState, (state.ucc, state.referrals, state.earned, state.reversed, state.paid,
-                                        state.cases, (*state.runs, message.run_id))), opened
-        tx = _Tx(state, rules)
+                                        state.cases, (*state.runs, message.run_id), state.campaigns)), opened
+        tx = _Tx(state, book)
+        tx.price(message.as_of)  # min_payout and the revision the commands carry
         _on_payout_run(tx, message, payable)
         state, out = tx.done()
         return state, opened + out
-    tx = _Tx(state, rules)
+    tx = _Tx(state, book)
     if isinstance(message, Payment):
         _on_payment(tx, message)
     elif isinstance(message, Refund):
@@ -326,6 +349,8 @@ def step(
         _on_subscription_ended(tx, message)
     elif isinstance(message, AttributionConflict):
         _on_conflict(tx, message)
+    elif isinstance(message, CampaignAssignment):
+        _on_assignment(tx, message)
     return tx.done()
 
 
@@ -333,7 +358,7 @@ def _on_signup(tx: _Tx, m: Signup) -> None:
     if m.referral_id in tx.referrals:
         return  # several customers, one referral: one signup
     ref = ReferralState(m.referral_id, m.signed_up_at, False, False, False, {}, {}, (), ())
-    rules = tx.rules
+    rules = tx.price(m.signed_up_at)
     currency = rules.currency
     bonus = _cut(rules.signup_bonus, tx.room(ref, currency, True))
     if bonus > 0:
@@ -351,6 +376,7 @@ def _on_payment(tx: _Tx, p: Payment) -> None:
     ref = tx.referrals.get(p.referral_id)
     if ref is None:
         return  # a signup always comes first from stage "customer"; nothing to attach to
+    tx.price(p.earned_at)
     rec = ref.payments.get(p.payment_id)
     if rec is not None and rec.status == HELD and not p.late and _late_case_open(tx, ref, p.payment_id):
         # judged late against a later attribution event; an earlier one has arrived since.
@@ -574,7 +600,7 @@ def _reverse_unlinked(tx: _Tx, case_id: str, at: int, source: str) -> None:
     ref = tx.referrals[case.referral_id]
     if _charge_linked(ref, m.charge_id):
         return  # linked since: the normal rule reverses it
-    wanted = percent_of(min(m.amount_refunded, m.amount), tx.rules.reward_percent)
+    wanted = percent_of(min(m.amount_refunded, m.amount), tx.price(m.created).reward_percent)
     delta = min(wanted - case.reversed, _reversal_room(tx, ref, case_id))
     if delta <= 0:
         return
@@ -607,6 +633,14 @@ def _on_conflict(tx: _Tx, m: AttributionConflict) -> None:
 # --- control ------------------------------------------------------------------------------
 
 
+def _on_assignment(tx: _Tx, a: CampaignAssignment) -> None:
+    """From `published_at` on, never before: facts priced earlier keep their campaign."""
+    entry = (a.published_at, a.campaign)
+    if entry in tx.campaigns:
+        return
+    tx.campaigns = tuple(sorted((*tx.campaigns, entry)))
+
+
 def _on_decision(tx: _Tx, d: ReviewDecision) -> None:
     case = tx.cases.get(d.case_id)
     if case is None or case.status != OPEN:
@@ -631,6 +665,7 @@ def _on_decision(tx: _Tx, d: ReviewDecision) -> None:
     if rec is not None and rec.status != HELD:
         return  # rewarded since (an earlier attribution event arrived): nothing more
     refunds = rec.refunds if rec is not None else None
+    tx.price(p.earned_at)  # priced as when it was paid, not when it was decided
     if ref.rejected:
         tx.put(ref.referral_id, _with_payment(ref, p.payment_id, PaymentRecord(
             INELIGIBLE, p.currency, refunds=refunds)))
@@ -788,11 +823,13 @@ def dumps(s: ReferrerState, encoded: EncodedReferrals | None = None) -> bytes:
                _refund_row(c.refund) if c.refund else None, c.reversed, c.details, c.opened_at]
          for cid, c in s.cases.items()},
         s.runs,
+        s.campaigns,
     ])
 
 
 def loads(raw: bytes) -> ReferrerState:
-    ucc, referrals, earned, reversed_, paid, cases, runs = orjson.loads(raw)
+    ucc, referrals, earned, reversed_, paid, cases, runs, *more = orjson.loads(raw)
+    campaigns = tuple((int(t), str(c)) for t, c in more[0]) if more else ()  # none before campaigns
     return ReferrerState(
         ucc,
         {rid: ReferralState(
@@ -808,4 +845,5 @@ def loads(raw: bytes) -> ReferrerState:
                    UnlinkedRefund(*c[4]) if c[4] else None, c[5], *c[6:8])
          for cid, c in cases.items()},
         tuple(runs),
+        campaigns,
     )

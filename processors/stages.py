@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
 from processors import alignment, invoice_link, referral, referrer
 from processors.alignment import Alignment, HeldRecord
 from processors.delivery import (
@@ -44,10 +46,10 @@ from processors.delivery import (
     header,
     murmur2_partition,
 )
-from processors.engine import route_stripe_event
+from processors.engine import revision_of, route_stripe_event
 from schemas import commands, control, events
 from schemas.events import CASES, CUSTOMER, INVOICE, OUTPUTS, REFERRER, Routed
-from schemas.rules import Rules
+from schemas.rules import RuleBook, Rules, RulesError
 from schemas.stripe import StripeEvent, StripeParseError, parse_event
 from schemas.topics import marker_key, marker_offset, placed_key
 
@@ -86,6 +88,9 @@ class Store(Protocol):
     def state_keys(self) -> Iterable[str]: ...  # the stage-state keys this partition holds
     def alignment(self, partition: int) -> Alignment: ...
     def set_alignment(self, partition: int, a: Alignment) -> None: ...
+    # a stage partition's own small values under reserved keys (its rules revisions)
+    def meta(self, name: str, partition: int) -> bytes | None: ...
+    def set_meta(self, name: str, partition: int, raw: bytes) -> None: ...
 
 
 @dataclass
@@ -111,7 +116,8 @@ class Wiring:
     partitions: int
 
 
-Step = Callable[[Any, Any, Rules], tuple[Any, list[Routed]]]
+Step = Callable[[Any, Any, RuleBook], tuple[Any, list[Routed]]]
+META_RULES = "rules"
 
 
 class Stage:
@@ -119,9 +125,12 @@ class Stage:
 
     name = ""
 
-    def __init__(self, wiring: Wiring, rules: Rules, step: Step, counters: Counters) -> None:
+    def __init__(self, wiring: Wiring, rules: Rules | RuleBook, step: Step, counters: Counters) -> None:
         self.w = wiring
-        self.rules = rules
+        # the first revision in the log, which prices everything before later ones; the
+        # later ones reach each partition as control events (docs/rules.md#revisions)
+        self.base = rules if isinstance(rules, RuleBook) else RuleBook.of(rules)
+        self._books: dict[bytes, RuleBook] = {}
         self.step = step
         self.counters = counters
         n = wiring.partitions
@@ -190,8 +199,36 @@ class Stage:
         return [Out(topic, b"\x00barrier", value, list(headers), partition=q)
                 for q in range(self.w.partitions)]
 
-    def apply(self, store: Store, key: str, mid: MessageId, record: Any, *, store_new: bool = True
-              ) -> list[Routed] | None:
+    def book(self, store: Store, partition: int) -> RuleBook:
+        """The revisions this partition has passed: the first one, and each later one from
+        where its control event took effect."""
+        raw = store.meta(META_RULES, partition)
+        if not raw:
+            return self.base
+        book = self._books.get(raw)
+        if book is None:
+            book = self.base
+            for text in orjson.loads(raw):
+                record = control.decode(text.encode())
+                if isinstance(record, control.RulesRevision):
+                    try:
+                        book = book.adding(revision_of(record))
+                    except RulesError:
+                        continue  # refused by `rules publish`; only a hand-written record is bad
+            if len(self._books) > 64:
+                self._books.clear()
+            self._books[raw] = book
+        return book
+
+    def add_revision(self, store: Store, partition: int, value: bytes) -> None:
+        raw = store.meta(META_RULES, partition)
+        texts: list[str] = orjson.loads(raw) if raw else []
+        text = value.decode()
+        if text not in texts:
+            store.set_meta(META_RULES, partition, orjson.dumps([*texts, text]))
+
+    def apply(self, store: Store, key: str, mid: MessageId, record: Any, *, partition: int,
+              store_new: bool = True) -> list[Routed] | None:
         """Step one record for one key; None when it was applied before (a replay)."""
         env = store.envelope(key)
         if env.seen(mid):
@@ -200,7 +237,7 @@ class Stage:
         state = store.state(key, env)
         if state is None and not store_new:
             return []  # a control event for a referrer with nothing: nothing to keep
-        new, routed = self.step(state, record, self.rules)
+        new, routed = self.step(state, record, self.book(store, partition))
         store.put(key, new)
         env.mark(mid)
         self.counters.processed += 1
@@ -278,6 +315,8 @@ class CustomerStage(Stage):
                 + self.barriers_to(self.w.customer, k, value, r.partition))
 
     def on_complete(self, store: Store, partition: int, k: int, value: bytes) -> list[Out]:
+        if _is_revision(value):
+            self.add_revision(store, partition, value)
         return self.barriers_to(self.w.referrer, k, value, partition)
 
     def process(self, store: Store, r: Incoming) -> list[Out]:
@@ -299,7 +338,7 @@ class CustomerStage(Stage):
             mid = MessageId(base.upstream, base.offset, base.index * 100 + i)
             if routed_one.dest == CUSTOMER and routed_one.key == key:
                 try:
-                    produced = self.apply(store, key, mid, routed_one.record)
+                    produced = self.apply(store, key, mid, routed_one.record, partition=r.partition)
                 except Exception as exc:  # a core bug must not stop the partition
                     outs += self.dead_letter(r, f"customer stage failed: {exc!r}")
                     continue
@@ -324,7 +363,7 @@ class InvoiceStage(Stage):
         except events.EventDecodeError as exc:
             return self.dead_letter(r, f"undecodable record: {exc}")
         try:
-            produced = self.apply(store, key, incoming_id(r), record)
+            produced = self.apply(store, key, incoming_id(r), record, partition=r.partition)
         except Exception as exc:
             return self.dead_letter(r, f"invoice stage failed: {exc!r}")
         return self.route(produced or [], own_id(r, 0), r.partition)
@@ -340,7 +379,7 @@ class ReferrerStage(Stage):
         except events.EventDecodeError as exc:
             return self.dead_letter(r, f"undecodable record: {exc}")
         try:
-            produced = self.apply(store, key, incoming_id(r), record)
+            produced = self.apply(store, key, incoming_id(r), record, partition=r.partition)
         except Exception as exc:
             return self.dead_letter(r, f"referrer stage failed for {key}: {exc!r}")
         return self.route(produced or [], own_id(r, 0), r.partition)
@@ -353,9 +392,12 @@ class ReferrerStage(Stage):
         except control.ControlDecodeError:
             return []  # the control agent dead-letters these and places no marker for them
         n = self.w.partitions
+        if isinstance(record, control.RulesRevision):
+            self.add_revision(store, partition, value)
+            return []
         if isinstance(record, control.PayoutRun):
             uccs = sorted(u for u in store.state_keys() if murmur2_partition(u.encode(), n) == partition)
-        elif isinstance(record, control.ReviewDecision):
+        elif isinstance(record, control.ReviewDecision | control.CampaignAssignment):
             uccs = [record.ucc] if murmur2_partition(record.ucc.encode(), n) == partition else []
         else:
             return []
@@ -364,13 +406,21 @@ class ReferrerStage(Stage):
         for j, ucc in enumerate(uccs):
             fake = Incoming(self.w.control, 0, k, ucc.encode(), value, ())
             try:
-                produced = self.apply(store, ucc, mid, record, store_new=False)
+                produced = self.apply(store, ucc, mid, record, partition=partition,
+                                      store_new=isinstance(record, control.CampaignAssignment))
             except Exception as exc:
                 outs += self.dead_letter(fake, f"referrer stage failed for {ucc}: {exc!r}")
                 continue
             if produced:
                 outs += self.route(produced, MessageId(f"{self.w.control}#0/{partition}", k, j), partition)
         return outs
+
+
+def _is_revision(value: bytes) -> bool:
+    try:
+        return isinstance(control.decode(value), control.RulesRevision)
+    except control.ControlDecodeError:
+        return False
 
 
 def control_markers(w: Wiring, offset: int, value: bytes) -> list[Out]:
@@ -385,7 +435,7 @@ def control_placed(w: Wiring, offset: int, marker_offsets: list[int]) -> Out:
     return Out(w.control, placed_key(offset), control.encode(placed), [], partition=0)
 
 
-def stages(wiring: Wiring, rules: Rules, counters: Counters) -> dict[str, Stage]:
+def stages(wiring: Wiring, rules: Rules | RuleBook, counters: Counters) -> dict[str, Stage]:
     return {
         CUSTOMER: CustomerStage(wiring, rules, referral.step, counters),
         INVOICE: InvoiceStage(wiring, rules, invoice_link.step, counters),

@@ -43,12 +43,13 @@ def write_records(
     out: IO[bytes],
     topics: Topics,
     *,
+    first_revision: bytes | None = None,
     since_ms: int | None = None,
     until_ms: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ExportCounts:
     counts = {STRIPE_EVENTS: 0, CONTROL: 0}
-    out.write(export_header(topics) + b"\n")
+    out.write(export_header(topics, first_revision) + b"\n")
     for batch in batches:
         lines = []
         for rec in batch:
@@ -68,6 +69,7 @@ def export_to(
     path: Path | None,
     topics: Topics,
     *,
+    first_revision: bytes | None = None,
     since_ms: int | None = None,
     until_ms: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -77,9 +79,9 @@ def export_to(
     A file is written under a temporary name and renamed at the end, so a failed or
     interrupted export never leaves a truncated file that looks complete.
     """
+    kw = {"first_revision": first_revision, "since_ms": since_ms, "until_ms": until_ms, "progress": progress}
     if path is None:
-        return write_records(batches, sys.stdout.buffer, topics, since_ms=since_ms, until_ms=until_ms,
-                             progress=progress)
+        return write_records(batches, sys.stdout.buffer, topics, **kw)  # type: ignore[arg-type]
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ExportError(f"cannot write {path}: the folder {directory} does not exist. Create it first "
@@ -94,11 +96,9 @@ def export_to(
             if path.name.endswith(".gz"):
                 # mtime=0 and no file name in the gzip header: the same log gives the same bytes
                 with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as gz:
-                    counts = write_records(batches, gz, topics, since_ms=since_ms, until_ms=until_ms,  # type: ignore[arg-type]
-                                           progress=progress)
+                    counts = write_records(batches, gz, topics, **kw)  # type: ignore[arg-type]
             else:
-                counts = write_records(batches, raw, topics, since_ms=since_ms, until_ms=until_ms,
-                                       progress=progress)
+                counts = write_records(batches, raw, topics, **kw)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -406,15 +406,29 @@ def _text_or_b64(raw: bytes) -> tuple[str, bool]:
         return base64.b64encode(raw).decode("ascii"), True
 
 
-def export_header(topics: Topics) -> bytes:
-    return orjson.dumps(
-        {
-            "format": EXPORT_FORMAT,
-            "version": EXPORT_VERSION,
-            "env": topics.env,
-            "topics": {STRIPE_EVENTS: topics.stripe_events, CONTROL: topics.control},
-        }
-    )
+def export_header(topics: Topics, first_revision: bytes | None = None) -> bytes:
+    """`first_revision`: the log's first rules revision (its control record), which prices
+    everything before the later ones, so a replay of the file knows it from the start."""
+    doc: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "env": topics.env,
+        "topics": {STRIPE_EVENTS: topics.stripe_events, CONTROL: topics.control},
+    }
+    if first_revision is not None:
+        doc["first_rules_revision"] = first_revision.decode("utf-8")
+    return orjson.dumps(doc)
+
+
+def read_export_header(path: Path) -> dict[str, Any] | None:
+    """The header of an export file, or None when it has none (the reader explains why)."""
+    try:
+        with open_export(path) as fh:
+            first = fh.readline()
+        doc = orjson.loads(first)
+    except (OSError, EOFError, zlib.error, orjson.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT else None
 
 
 def encode_record(rec: LogRecord) -> bytes:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from processors.engine import Engine
@@ -32,7 +33,7 @@ from projections.logsource import (
 from projections.report import Figures, Report, build_report
 from schemas.control import ControlDecodeError
 from schemas.control import decode as decode_control
-from schemas.rules import Rules
+from schemas.rules import RuleBook, Rules
 from schemas.stripe import StripeParseError, parse_event
 from schemas.topics import STRIPE_EVENTS, marker_offset, placed_offset
 
@@ -91,10 +92,40 @@ def cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@dataclass(frozen=True)
+class RuleSpec:
+    """The rules a replay folds with (docs/replay.md#which-rules): a book of revisions to
+    start from, and whether the revisions met in the log are added as the worker adds
+    them (`follow_log`) or ignored (a what-if file that replaces them all)."""
+
+    book: RuleBook
+    follow_log: bool
+    label: str
+
+    @classmethod
+    def fixed(cls, rules: Rules, label: str = "") -> RuleSpec:
+        return cls(RuleBook.of(rules), False, label or f"revision {rules.revision}")
+
+
+def _spec(rules: RuleSpec | Rules) -> RuleSpec:
+    return rules if isinstance(rules, RuleSpec) else RuleSpec.fixed(rules)
+
+
+def revisions_used(engine: Engine) -> str:
+    """The revisions the fold ended with, e.g. "3 (from the start), 4 (from 2026-03-01T00:00:00Z)"."""
+    from projections.report import iso
+
+    parts = []
+    for i, rev in enumerate(engine.book.revisions):
+        when = "from the start" if i == 0 else f"from {iso(rev.effective_from)}"
+        parts.append(f"{rev.rules.revision} ({when})")
+    return ", ".join(parts)
+
+
 def fold(
     batches: Iterable[list[LogRecord]],
-    rules: Rules,
-    compare: Rules | None = None,
+    rules: RuleSpec | Rules,
+    compare: RuleSpec | Rules | None = None,
     *,
     as_of: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -107,37 +138,45 @@ def fold(
     rules over its own read of the same source while this one folds `rules` (two cores
     instead of one); given other batches, both engines fold in this process, in one pass.
     """
+    rules = _spec(rules)
+    compare = _spec(compare) if compare is not None else None
     compared: dict[tuple[str, str], Figures] | None = None
+    compare_used: str | None = None
+    compare_revision = 0
     with cyclic_gc_paused():
         if compare is not None and isinstance(batches, (FileSource, KafkaSource)):
             with CompareFold(batches, compare) as other:
                 counts, engines = _feed(batches, [rules], progress)
                 # default: the latest event time seen, as the worker's own summaries do
                 at = as_of if as_of is not None else engines[0].latest
-                compared = other.figures(at, counts, engines[0].latest)
+                compared, compare_used, compare_revision = other.figures(at, counts, engines[0].latest)
         else:
             counts, engines = _feed(batches, [rules] + ([compare] if compare is not None else []), progress)
             at = as_of if as_of is not None else engines[0].latest
             if compare is not None:
                 compared = figures_of(engines[1], at)
+                compare_used = revisions_used(engines[1])
+                compare_revision = engines[1].book.at(at).revision
         stripe, control, skipped = counts
         return build_report(
             figures_of(engines[0], at),
             compared,
-            rules_revision=rules.revision,
-            compare_revision=compare.revision if compare is not None else None,
+            rules_revision=engines[0].book.at(at).revision,
+            compare_revision=None if compare is None else compare_revision,
+            rules_used=f"{rules.label}: {revisions_used(engines[0])}",
+            compare_used=None if compare is None else f"{compare.label}: {compare_used}",
             as_of=at, stripe_events=stripe, control_events=control, skipped=skipped,
         )
 
 
 def _feed(
     batches: Iterable[list[LogRecord]],
-    rule_sets: list[Rules],
+    rule_sets: list[RuleSpec],
     progress: Callable[[int], None] | None,
 ) -> tuple[tuple[int, int, int], list[Engine]]:
     """Folds every record into one engine per rule set; returns (stripe, control, skipped)
     counts and the engines."""
-    engines = [Engine(r) for r in rule_sets]
+    engines = [Engine(r.book, follow_log=r.follow_log) for r in rule_sets]
     stripe = control = skipped = 0
     for batch in batches:
         for rec in batch:
@@ -185,7 +224,7 @@ class CompareFold:
     its figures. Leaving the `with` block stops it.
     """
 
-    def __init__(self, source: FileSource | KafkaSource, rules: Rules) -> None:
+    def __init__(self, source: FileSource | KafkaSource, rules: RuleSpec) -> None:
         own = copy.copy(source)
         own.in_child = False  # the child reads inline: its own fold is the slower side anyway
         self._proc = subprocess.Popen(
@@ -231,7 +270,7 @@ class CompareFold:
 
     def figures(
         self, as_of: int, counts: tuple[int, int, int], latest: int
-    ) -> dict[tuple[str, str], Figures]:
+    ) -> tuple[dict[tuple[str, str], Figures], str, int]:
         """The compare rules' figures as of `as_of`, once the child has folded the same log
         (`counts` and `latest` from the caller's fold: anything else is a bug, not a result)."""
         their_counts, their_latest = self._receive("folded")
@@ -243,8 +282,8 @@ class CompareFold:
         assert self._proc.stdin is not None
         pickle.dump(as_of, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         self._proc.stdin.flush()
-        figures: dict[tuple[str, str], Figures] = self._receive("figures")
-        return figures
+        figures, used, revision = self._receive("figures")
+        return figures, used, revision
 
 
 def serve_compare() -> None:
@@ -262,7 +301,7 @@ def serve_compare() -> None:
         counts, (engine,) = _feed(source, [rules], parent_alive)
         send("folded", (counts, engine.latest))
         as_of = from_parent()
-        send("figures", figures_of(engine, as_of))
+        send("figures", (figures_of(engine, as_of), revisions_used(engine), engine.book.at(as_of).revision))
 
     answer_parent(fold_compare)
     # the engine's millions of objects die with the process: no need to free them one by one

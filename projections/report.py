@@ -78,6 +78,9 @@ class Report:
     control_events: int
     skipped: int  # records the rules could not read (the live worker dead-letters them)
     rows: tuple[Row, ...]
+    # which revisions each fold used, e.g. "the log's revisions: 3 (from the start), 4 (from …)"
+    rules_used: str = ""
+    compare_used: str | None = None
 
     @property
     def comparing(self) -> bool:
@@ -104,6 +107,8 @@ def build_report(
     stripe_events: int,
     control_events: int,
     skipped: int,
+    rules_used: str = "",
+    compare_used: str | None = None,
 ) -> Report:
     """Rows for every (referrer, currency) seen under either rules; with a comparison they
     are sorted by impact (the largest change of net, either way, first)."""
@@ -117,7 +122,7 @@ def build_report(
     else:
         rows.sort(key=lambda r: (-abs(r.delta_net), -abs(r.delta_earned), r.ucc, r.currency))
     return Report(rules_revision, compare_revision, as_of, stripe_events, control_events, skipped,
-                  tuple(rows))
+                  tuple(rows), rules_used, compare_used)
 
 
 def iso(ts: int) -> str:
@@ -217,6 +222,8 @@ def to_json(report: Report) -> bytes:
         "as_of": iso(report.as_of),
         "rules_revision": report.rules_revision,
         "compare_revision": report.compare_revision,
+        "rules_used": report.rules_used,
+        "compare_used": report.compare_used,
         "events": {"stripe": report.stripe_events, "control": report.control_events,
                    "skipped": report.skipped},
         "amounts": "minor units",
@@ -258,7 +265,12 @@ def to_table(report: Report) -> str:
         title += f", compared with revision {report.compare_revision} (Δ = this − compared)"
     title += (f"; {report.stripe_events:,} stripe events, {report.control_events:,} control events"
               f", payable as of {iso(report.as_of)}")
-    out = [title, "", line(head), rule, *map(line, body)]
+    out = [title]
+    if report.rules_used:
+        out.append(f"rules: {report.rules_used}")
+    if report.compare_used:
+        out.append(f"compared with: {report.compare_used}")
+    out += ["", line(head), rule, *map(line, body)]
     if not body:
         out.append("(no referrers in this log)")
     out += [rule, *map(line, totals)]

@@ -27,6 +27,7 @@ _COMMANDS = [
     ("payouts", "payouts"),
     ("review", "review"),
     ("rules", "rules"),
+    ("referrers", "referrers"),
     ("replay", "replay"),
     ("export", "export"),
     ("demo", "demo"),

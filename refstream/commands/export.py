@@ -17,6 +17,17 @@ from refstream.commands.replay import open_source, ts_option
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
+def first_revision_record(bootstrap: str, topic: str) -> bytes | None:
+    """The log's first rules revision as stored (docs/rules.md#revisions), or None."""
+    import asyncio
+
+    from refstream import control_log
+    from schemas import control
+
+    revisions = control_log.revisions(asyncio.run(control_log.read(bootstrap, topic)))
+    return control.encode(revisions[0]) if revisions else None
+
+
 @click.command(name="export")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               help="File to write; gzip-compressed when it ends in .gz. Default: stdout.")
@@ -42,10 +53,11 @@ def export(
     assert isinstance(src, KafkaSource)
     # before the first byte of output: with the broker down, stdout gets nothing at all
     require(src.bootstrap, "Cannot export the log")
+    first = first_revision_record(src.bootstrap, src.topics.control)
     bar = Progress(src, "export", progress)
     try:
         counts = export_to(
-            src, out, src.topics,
+            src, out, src.topics, first_revision=first,
             since_ms=None if since is None else since * 1000,
             until_ms=None if until is None else until * 1000,
             progress=bar,

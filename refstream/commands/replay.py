@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from schemas.rules import Rules, RulesError, load_rules
+from schemas.rules import Revision, RuleBook, Rules, RulesError, load_rules
 
 
 def parse_ts(value: str) -> int:
@@ -51,6 +51,42 @@ def rules_or_fail(path: Path) -> Rules:
         ) from None
 
 
+def _iso(t: int) -> str:
+    from projections.report import iso
+
+    return iso(t)
+
+
+def _first_revision(src: object, source: str) -> Revision:
+    """The log's first rules revision: every later one is in the log itself."""
+    from processors.engine import revision_of
+    from projections.logsource import KafkaSource, read_export_header
+    from schemas import control
+
+    raw: bytes | None = None
+    if isinstance(src, KafkaSource):
+        import asyncio
+
+        from refstream import control_log
+
+        found = control_log.revisions(asyncio.run(control_log.read(src.bootstrap, src.topics.control)))
+        raw = control.encode(found[0]) if found else None
+    else:
+        header = read_export_header(Path(source)) or {}
+        text = header.get("first_rules_revision")
+        raw = text.encode() if isinstance(text, str) else None
+    if raw is None:
+        raise click.ClickException(
+            f"{source} holds no rules revision (no worker has run on this log, or the export predates "
+            "revisions): pass --rules FILE to fold it with a rules file.")
+    record = control.decode(raw)
+    assert isinstance(record, control.RulesRevision)
+    try:
+        return revision_of(record)
+    except RulesError as exc:
+        raise click.ClickException(f"the log's first rules revision cannot be read: {exc}") from None
+
+
 def open_source(source: str, topic_prefix: str = "refstream", *, headers: bool = True) -> tuple[object, str]:
     """The source named by --source, and how to name it in messages. The fold never reads
     headers, so replay asks for none (export keeps them)."""
@@ -86,8 +122,12 @@ def write_out(data: str | bytes, out: Path | None) -> None:
 
 
 @click.command(name="replay")
-@click.option("--rules", "rules_path", required=True, type=click.Path(path_type=Path),
-              help="Rules file (TOML, see docs/rules.md) to fold the log with.")
+@click.option("--rules", "rules_path", type=click.Path(path_type=Path),
+              help="A rules file (TOML, docs/rules.md) to fold the log with, in place of the revisions "
+                   "in the log [default: the log's own revisions, as the worker priced it].")
+@click.option("--effective-from", "effective_from", callback=ts_option, metavar="TS",
+              help="With --rules: add that file as a proposed revision from TS on top of the log's "
+                   "revisions, instead of replacing them.")
 @click.option("--source", default="kafka", show_default=True, metavar="kafka|FILE",
               help="`kafka` (REFSTREAM_KAFKA_BOOTSTRAP, REFSTREAM_ENV) or a file written by "
                    "`refstream export` (.jsonl or .jsonl.gz).")
@@ -95,8 +135,9 @@ def write_out(data: str | bytes, out: Path | None) -> None:
               help="Report what is payable at TS (ISO 8601 with offset, or Unix seconds). "
                    "Default: the latest event time in the log. The whole log is folded; to see "
                    "only what was known by a time, export with --until and replay that file.")
-@click.option("--compare", "compare_path", type=click.Path(path_type=Path), metavar="OTHER_RULES",
-              help="Also fold with these rules and report the per-referrer deltas, largest first.")
+@click.option("--compare", "compare_path", metavar="OTHER_RULES|log",
+              help="Also fold with these rules (a file, or `log`: the log's own revisions) and report "
+                   "the per-referrer deltas, largest first.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write the report here "
@@ -109,24 +150,28 @@ def write_out(data: str | bytes, out: Path | None) -> None:
 @click.option("--topic-prefix", default="refstream", show_default=True, hidden=True,
               help="Topic name prefix (tests and benchmarks use a private one).")
 def replay(
-    rules_path: Path,
+    rules_path: Path | None,
+    effective_from: int | None,
     source: str,
     as_of: int | None,
-    compare_path: Path | None,
+    compare_path: str | None,
     fmt: str,
     out: Path | None,
     html_path: Path | None,
     progress: bool | None,
     topic_prefix: str,
 ) -> None:
-    """Fold the stripe-events and control logs under RULES and report, per referrer and
-    currency: referrals, earned, reversed, net, paid and payable as of TS. Never writes to Kafka."""
+    """Fold the stripe-events and control logs and report, per referrer and currency:
+    referrals, earned, reversed, net, paid and payable as of TS. By default under the rules
+    revisions in the log (what the worker did); --rules replaces them, --rules with
+    --effective-from adds a proposed one (docs/replay.md). Never writes to Kafka."""
     from projections import report as rep
     from projections.logsource import SourceError
-    from projections.replay import Progress, fold
+    from projections.replay import Progress, RuleSpec, fold
 
-    rules = rules_or_fail(rules_path)
-    compare = rules_or_fail(compare_path) if compare_path is not None else None
+    if effective_from is not None and rules_path is None:
+        raise click.BadParameter("--effective-from needs --rules FILE: the proposed revision it starts.",
+                                 param_hint="--effective-from")
     for option, path in (("--out", out), ("--html", html_path)):
         # checked before a fold that may take minutes, not after it
         if path is not None and not (path.parent if str(path.parent) else Path(".")).is_dir():
@@ -140,6 +185,23 @@ def replay(
 
         require(src.bootstrap, "Cannot replay the log", fix=FIX.rstrip(".")  # type: ignore[attr-defined]
                 + ", or replay an export with --source FILE.jsonl.gz.")
+    shown: list[tuple[str, int, Rules]] = []
+
+    def spec_of(path: str | Path | None, start: int | None) -> RuleSpec:
+        if path is None or str(path) == "log":
+            first = _first_revision(src, source)
+            shown.append(("the log's revisions", first.rules.revision, first.rules))
+            return RuleSpec(RuleBook([first]), True, "the log's revisions")
+        rules = rules_or_fail(Path(path))
+        shown.append((str(path), rules.revision, rules))
+        if start is None:
+            return RuleSpec.fixed(rules, f"{path}, in place of the log's revisions")
+        first = _first_revision(src, source)
+        book = RuleBook([first]).adding(Revision(start, rules, key=f"proposed {path}"))
+        return RuleSpec(book, True, f"the log's revisions and {path} from {_iso(start)}")
+
+    rules = spec_of(rules_path, effective_from)
+    compare = spec_of(compare_path, None) if compare_path is not None else None
     bar = Progress(src, "replay", progress)  # type: ignore[arg-type]
     try:
         result = fold(src, rules, compare, as_of=as_of, progress=bar)  # type: ignore[arg-type]
@@ -154,9 +216,6 @@ def replay(
     else:
         write_out(rep.to_table(result), out)
     if html_path is not None:
-        shown = [(str(rules_path), rules.revision, rules)]
-        if compare is not None and compare_path is not None:
-            shown.append((str(compare_path), compare.revision, compare))
         write_out(rep.to_html(result, shown), html_path)
     if out is not None or html_path is not None:
         click.echo(

@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -108,7 +109,7 @@ def worker(web_port: int, web_host: str, log_level: str, topic_prefix: str) -> N
     import faust
 
     from processors.agents import Pipeline
-    from processors.app import config_from_env, create_app, ensure_internal_topics
+    from processors.app import DEFAULT_RULES, config_from_env, create_app, ensure_internal_topics
 
     try:
         cfg = config_from_env(web_port=web_port, topic_prefix=topic_prefix)
@@ -139,6 +140,22 @@ def worker(web_port: int, web_host: str, log_level: str, topic_prefix: str) -> N
             "leaves the others as they are)."
         )
     cfg = dataclasses.replace(cfg, partitions=n or DEFAULT_PARTITIONS, web_host=web_host)
+    # the rules: the first revision in the control log (docs/rules.md#revisions); with none
+    # yet, REFSTREAM_RULES is published as it
+    from refstream import control_log
+
+    rules_path = cfg.settings.rules_path or DEFAULT_RULES
+    control_topic = Topics(env=cfg.settings.env, prefix=topic_prefix).control
+    try:
+        first = asyncio.run(control_log.ensure_first_revision(
+            cfg.settings.kafka_bootstrap, control_topic, Path(rules_path).read_text(encoding="utf-8"),
+            str(rules_path), int(time.time())))
+    except RulesError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except Exception as exc:
+        raise failure(cfg.settings.kafka_bootstrap, "The worker cannot read its rules revisions",
+                      exc) from None
+    cfg = dataclasses.replace(cfg, first=first)
     _check_data_dir(cfg.data_dir)
     asyncio.run(ensure_internal_topics(cfg))
     _use_uvloop()

@@ -61,6 +61,7 @@ class DictStore:
         self.states: dict[str, Any] = {}
         self.dirty: list[str] = []
         self.alignments: dict[int, Alignment] = {}
+        self.metas: dict[str, bytes] = {}
 
     def envelope(self, key: str) -> Envelope:
         env = self.envelopes.get(key)
@@ -95,11 +96,23 @@ class DictStore:
         if key not in self.dirty:
             self.dirty.append(key)
 
+    def meta(self, name: str, partition: int) -> bytes | None:
+        key = f"\x00{name}:{partition}"
+        return self.metas[key] if key in self.metas else self.table.get(key)
+
+    def set_meta(self, name: str, partition: int, raw: bytes) -> None:
+        key = f"\x00{name}:{partition}"
+        self.metas[key] = raw
+        if key not in self.dirty:
+            self.dirty.append(key)
+
     def writes(self) -> list[tuple[str, bytes]]:
         """The table values to write, in the order the agent writes them."""
         out = []
         for key in self.dirty:
-            if is_reserved(key):
+            if key in self.metas:
+                out.append((key, self.metas[key]))
+            elif is_reserved(key):
                 out.append((key, alignment.dumps(self.alignments[int(key.rsplit(":", 1)[1])])))
             else:
                 env = self.envelopes[key]

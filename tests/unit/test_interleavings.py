@@ -23,19 +23,48 @@ from processors import referrer
 from processors.engine import Engine
 from processors.money import DAY
 from schemas import control
+from schemas.rules import parse_rules
 from tests.unit.conftest import make_rules
 from tests.unit.histories import histories
 from tests.unit.pipeline_sim import Sim, replay
 
 # no hold: whatever a run could see is payable by its as_of, so a record folded on the wrong
 # side of a run shows in its payout
-RULES = make_rules(
-    reward_one_off_charges=True,
-    hold_days=0,
-    currency_usd={"max_reward_per_referral": 6000, "signup_bonus": 500, "purchase_bonus": 1000,
-                  "min_payout": 1, "review_above": 5000},
-    currency_eur={"max_reward_per_referral": 5000, "purchase_bonus": 700, "min_payout": 1},
-)
+RULES_TEXT = """
+[campaign]
+revision = 1
+currency = "usd"
+reward_percent = 25
+reward_months = 12
+hold_days = 0
+late_attribution_days = 30
+reward_one_off_charges = true
+
+[currency.usd]
+max_reward_per_referral = 6000
+signup_bonus = 500
+purchase_bonus = 1000
+min_payout = 1
+review_above = 5000
+
+[currency.eur]
+max_reward_per_referral = 5000
+purchase_bonus = 700
+min_payout = 1
+
+[campaigns.partners]
+reward_percent = 40
+[campaigns.partners.currency.usd]
+max_reward_per_referral = 9000
+"""
+RULES = parse_rules(RULES_TEXT)
+
+
+def revised(n: int, percent: int, cap: int) -> str:
+    """A later revision: another rate and usd cap."""
+    return (RULES_TEXT.replace("revision = 1", f"revision = {n}")
+            .replace("reward_percent = 25", f"reward_percent = {percent}")
+            .replace("max_reward_per_referral = 6000", f"max_reward_per_referral = {cap}"))
 LATE = 2_000_000_000  # 2033: every entry is payable by then
 
 
@@ -56,6 +85,18 @@ def logs(draw: st.DrawFn) -> list[bytes | control.ControlRecord]:
         now = times[at - 1] if at else times[0]
         as_of = now + draw(st.integers(0, 400)) * DAY
         items.insert(at, control.PayoutRun(f"run-{n}", as_of, now))
+    # rule revisions, published ahead of when they take effect, and partner assignments
+    for n, at in enumerate(sorted(draw(st.lists(st.integers(0, len(items)), max_size=2)), reverse=True)):
+        now = times[min(at, len(times)) - 1] if at else times[0]
+        effective = now + 3600 + draw(st.integers(0, 90)) * DAY
+        items.insert(at, control.RulesRevision(
+            10 - n, effective, revised(10 - n, draw(st.sampled_from([10, 25, 35])),
+                                       draw(st.sampled_from([3000, 6000, 12000]))), now, "ops", "test"))
+    for at in draw(st.lists(st.integers(0, len(items)), max_size=2)):
+        now = times[min(at, len(times) - 1)]
+        items.insert(at, control.CampaignAssignment(
+            draw(st.sampled_from(["ucc_X", "ucc_Y"])), draw(st.sampled_from(["partners", "default"])),
+            now, "ops", "test"))
     # decisions of cases the log opens, anywhere (one made before its case exists changes nothing)
     engine = Engine(RULES)
     cases: list[tuple[str, str]] = []

@@ -1,0 +1,59 @@
+"""`refstream referrers …`: control events about one referrer (docs/cli.md#referrers)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import click
+
+from refstream import control_log
+from refstream.commands.kafka_access import NotWritten, Unconfirmed, failure
+from refstream.commands.payouts import append_control, settings_or_fail
+from refstream.commands.rules import _control_records
+from schemas import control
+from schemas.rules import DEFAULT_CAMPAIGN
+from schemas.topics import Topics
+
+
+@click.group(name="referrers")
+def referrers() -> None:
+    """Control events about one referrer."""
+
+
+@referrers.command(name="assign")
+@click.argument("ucc")
+@click.option("--campaign", required=True, help="A campaign of the rules in force ([campaigns.<name>]), "
+              f"or {DEFAULT_CAMPAIGN!r}.")
+@click.option("--reason", required=True, help="Why (kept with the assignment).")
+@click.option("--actor", default=None, help="Who assigns [default: the OS user].")
+@click.option("--topic-prefix", default="refstream", hidden=True)
+def assign(ucc: str, campaign: str, reason: str, actor: str | None, topic_prefix: str) -> None:
+    """Put referrer UCC on CAMPAIGN from now on. What it earned before stays as it was
+    (docs/rules.md#campaigns)."""
+    ucc = ucc.strip()
+    if not ucc:
+        raise click.BadParameter("the referrer's code is empty", param_hint="UCC")
+    _, _, records = _control_records(topic_prefix)
+    book = control_log.book(records)
+    now = int(time.time())
+    if book is None:
+        raise click.ClickException("no rules revision is published yet, so no campaign exists. Start a "
+                                   "worker (it publishes REFSTREAM_RULES) or run `refstream rules publish`.")
+    known = {DEFAULT_CAMPAIGN} | set(book.at(now).campaigns) | set(book.latest.rules.campaigns)
+    if campaign not in known:
+        raise click.ClickException(
+            f"there is no campaign {campaign!r} in the rules in force (revision {book.at(now).revision}) or "
+            f"the latest (revision {book.latest.rules.revision}). Known: {', '.join(sorted(known))}. Add "
+            f"[campaigns.{campaign}] to the rules and publish them first (docs/rules.md#campaigns).")
+    settings = settings_or_fail()
+    topic = Topics(settings.env, topic_prefix).control
+    record = control.CampaignAssignment(ucc, campaign, now, control_log.actor(actor), reason)
+    try:
+        _, offset = asyncio.run(append_control(settings.kafka_bootstrap, topic, record))
+    except NotWritten as exc:
+        raise failure(settings.kafka_bootstrap, f"{ucc} was not assigned to {campaign!r}", exc) from None
+    except Unconfirmed as exc:
+        raise failure(settings.kafka_bootstrap, f"{ucc} may or may not have been assigned to {campaign!r}",
+                      exc, after="Assigning again is harmless.") from None
+    click.echo(f"assigned {ucc} to campaign {campaign!r} from now on (offset {offset} of {topic})")
