@@ -42,6 +42,17 @@ def pro_rata(value: int, part: int, whole: int) -> int:
     return round_half_up(value * part, whole)
 
 
+def split(total: int, weights: list[int]) -> list[int]:
+    """`total` split in proportion to `weights` (half-up), the rounding rest on the first
+    part, so the parts always add up to `total`; all to the first when no weight is positive."""
+    whole = sum(w for w in weights if w > 0)
+    if whole <= 0:
+        return [total] + [0] * (len(weights) - 1)
+    parts = [pro_rata(total, w, whole) if w > 0 else 0 for w in weights]
+    parts[0] += total - sum(parts)
+    return parts
+
+
 def add_months(ts: int, months: int) -> int:
     """`ts` moved by whole calendar months, the day clamped to the month's end (UTC)."""
     if months == 0:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import orjson
 
-from processors.money import DAY, months_spanned
+from processors.money import DAY, months_spanned, split
 from schemas.events import (
     INVOICE,
     REFERRER,
@@ -43,6 +43,7 @@ class HeldPayment(NamedTuple):
     months: int
     subscription: str | None
     event_id: str
+    plans: str = ""  # Payment.plans: the base per line naming a price or product
 
 
 class PendingRefund(NamedTuple):
@@ -152,7 +153,7 @@ def _forward(s: CustomerState, p: HeldPayment, rules: RuleBook, out: list[Routed
         return s
     out.append(Routed(REFERRER, s.ucc, Payment(
         s.ucc, s.referral_id, s.customer_id, p.payment_id, p.currency, p.base, p.created,
-        p.earned_at, p.months, late, p.event_id,
+        p.earned_at, p.months, late, p.event_id, p.plans,
     )))
     if late and all(q.payment_id != p.payment_id for q in s.late):
         s = s._replace(late=(*s.late, p))
@@ -289,6 +290,18 @@ def _invoice_months(inv: Invoice) -> int:
     return n
 
 
+def _plan_bases(inv: Invoice, base: int) -> str:
+    """The base split over the lines in proportion to their amounts, for the lines that name
+    a price or product (their plan may have its own rate); "" when none does."""
+    lines = inv.lines
+    if not any(line.price or line.product for line in lines):
+        return ""
+    parts = split(base, [line.amount for line in lines])
+    named = [[line.price, line.product, part] for line, part in zip(lines, parts, strict=True)
+             if (line.price or line.product) and part]
+    return orjson.dumps(named).decode() if named else ""
+
+
 def _with_links(s: CustomerState, ids: list[str], payment_id: str) -> CustomerState:
     links = s.links or {}
     new = [i for i in ids if links.get(i) != payment_id]
@@ -319,7 +332,7 @@ def _on_invoice(
         return s  # trials and 100 % coupons earn nothing
     p = HeldPayment(
         inv.id, inv.currency, base, inv.created, inv.paid_at or inv.created, _invoice_months(inv),
-        inv.subscription, ev.id,
+        inv.subscription, ev.id, _plan_bases(inv, base),
     )
     return _on_payment(s, p, rules, out)
 
@@ -403,7 +416,8 @@ def dumps(s: CustomerState) -> bytes:
 
 
 def _held_row(p: HeldPayment) -> list[object]:
-    return [p.payment_id, p.currency, p.base, p.created, p.earned_at, p.months, p.subscription, p.event_id]
+    return [p.payment_id, p.currency, p.base, p.created, p.earned_at, p.months, p.subscription, p.event_id,
+            p.plans]
 
 
 def loads(raw: bytes) -> CustomerState:

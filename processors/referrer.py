@@ -10,11 +10,12 @@ history gives the same ids.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from decimal import Decimal
+from typing import Any, NamedTuple
 
 import orjson
 
-from processors.money import DAY, add_months, instalments, percent_of, pro_rata
+from processors.money import DAY, add_months, instalments, percent_of, pro_rata, split
 from schemas.commands import (
     ATTRIBUTION_CONFLICT,
     LARGE_REWARD,
@@ -439,7 +440,12 @@ def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRe
         if bonus > 0:
             tx.add_entry(Entry(fact_id("purchase_bonus", tx.ucc, rid, p.payment_id), rid, p.payment_id,
                                p.currency, bonus, p.earned_at + rules.hold_days * DAY))
-    reward = _cut(percent_of(p.base, rules.reward_percent), room)
+    if p.plans:
+        pools = _plan_rewards(rules, ref, p, room, capped)
+        reward = sum(amount for _, amount in pools)
+    else:  # no line names a price or product: the campaign's rate on the whole base
+        reward = _cut(percent_of(p.base, rules.reward_percent), room)
+        pools = [(p.currency, reward)]
     window_end = add_months(ref.signed_up_at, rules.reward_months)
     kept = 0
     reward_id = fact_id("reward", tx.ucc, rid, p.payment_id)
@@ -452,8 +458,14 @@ def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRe
             tx.add_entry(Entry(f"{reward_id}.{i}" if i else reward_id, rid, p.payment_id,
                                p.currency, amount, at + rules.hold_days * DAY))
     gross = dict(ref.gross)
-    if bonus + kept:
-        gross[p.currency] = gross.get(p.currency, 0) + bonus + kept
+    if bonus:
+        gross[p.currency] = gross.get(p.currency, 0) + bonus
+    # each cap pool is charged with its share of what was kept (all of it unless instalments
+    # after the window were dropped); the rounding rest goes to the first pool
+    charges = [amount for _, amount in pools] if kept == reward else split(kept, [a for _, a in pools])
+    for (pool, _), charged in zip(pools, charges, strict=True):
+        if charged:
+            gross[pool] = gross.get(pool, 0) + charged
     rec = PaymentRecord(REWARDED, p.currency, kept, False, None)
     ref = _referral(ref, purchase_bonus_granted=granted, gross=gross,
                     payments={**ref.payments, p.payment_id: rec})
@@ -469,6 +481,40 @@ def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRe
     # refunds that arrived before the reward was computed
     for charge, cr in sorted((refunds or {}).items()):
         _reverse(tx, rid, p.payment_id, charge, cr.amount, cr.amount_refunded, p.earned_at, p.event_id)
+
+
+def _plan_rewards(rules: Rules, ref: ReferralState, p: Payment, room: int | None, capped: bool
+                  ) -> list[tuple[str, int]]:
+    """The reward of a payment whose lines name prices or products, per cap pool: lines of a
+    plan with its own cap form the pool `<currency>|<plan>`, every other line the currency's
+    pool (with the bonuses). Lines of one rate and pool are added before rounding, so an
+    invoice whose lines all earn at the campaign rate earns exactly as without plans."""
+    named = orjson.loads(p.plans)
+    rest = p.base - sum(base for _, _, base in named)
+    groups: dict[tuple[Decimal, str, int | None], int] = {}
+    if rest:
+        groups[(rules.reward_percent, p.currency, None)] = rest
+    plans = rules.plans
+    for price, product, base in named:
+        # the line's price first, then its product (docs/rules.md#the-rules-file)
+        plan_id = price if price in plans else product if product in plans else None
+        plan = plans[plan_id] if plan_id is not None else None
+        rate = rules.reward_percent if plan is None or plan.reward_percent is None else plan.reward_percent
+        key: tuple[Decimal, str, int | None] = (rate, p.currency, None)
+        if plan is not None and plan.max_reward_per_referral is not None:
+            key = (rate, f"{p.currency}|{plan_id}", plan.max_reward_per_referral)
+        groups[key] = groups.get(key, 0) + base
+    out: list[tuple[str, int]] = []
+    for (rate, pool, cap), base in groups.items():
+        amount = percent_of(base, rate)
+        if pool == p.currency:
+            amount = _cut(amount, room)
+            if room is not None:
+                room -= amount
+        elif capped and cap is not None:
+            amount = min(amount, max(0, cap - ref.gross.get(pool, 0)))
+        out.append((pool, amount))
+    return out
 
 
 def _reverse(tx: _Tx, rid: str, payment_id: str, charge: str, amount: int, refunded: int, at: int,
@@ -775,7 +821,7 @@ _STATUS = (PENDING, HELD, REWARDED, INELIGIBLE)
 
 def _payment_row(p: Payment) -> list[object]:
     return [p.ucc, p.referral_id, p.customer_id, p.payment_id, p.currency, p.base, p.created, p.earned_at,
-            p.months, p.late, p.event_id]
+            p.months, p.late, p.event_id, p.plans]
 
 
 def _refund_row(m: UnlinkedRefund) -> list[object]:
@@ -827,6 +873,11 @@ def dumps(s: ReferrerState, encoded: EncodedReferrals | None = None) -> bytes:
     ])
 
 
+def _payment(row: list[Any]) -> Payment:
+    # rows stored before plans have 11 fields
+    return Payment(*row) if len(row) == 12 else Payment(*[*row, ""])
+
+
 def loads(raw: bytes) -> ReferrerState:
     ucc, referrals, earned, reversed_, paid, cases, runs, *more = orjson.loads(raw)
     campaigns = tuple((int(t), str(c)) for t, c in more[0]) if more else ()  # none before campaigns
@@ -841,7 +892,7 @@ def loads(raw: bytes) -> ReferrerState:
          for rid, r in referrals.items()},
         earned, reversed_, paid,
         # rows stored before cases kept their details and opening time have six fields
-        {cid: Case(c[0], c[1], c[2], Payment(*c[3]) if c[3] else None,
+        {cid: Case(c[0], c[1], c[2], _payment(c[3]) if c[3] else None,
                    UnlinkedRefund(*c[4]) if c[4] else None, c[5], *c[6:8])
          for cid, c in cases.items()},
         tuple(runs),

@@ -46,6 +46,10 @@ class Payment:
     months: int  # N calendar months spanned by its subscription line (1 when not N ≥ 2)
     late: bool  # paid more than late_attribution_days before the attribution arrived
     event_id: str
+    # the base split over the invoice's lines that name a Stripe price or product, as JSON
+    # [[price, product, base], …] (the rest of the base earns at the campaign rate); "" when
+    # no line names one (docs/rules.md#the-rules-file: plans)
+    plans: str
 
 
 @fast_init
@@ -153,6 +157,10 @@ _FIELDS: dict[str, frozenset[str]] = {
 }
 
 
+# fields added after records of the type were first sent, and what an older record means
+_ADDED: dict[str, dict[str, Any]] = {"Payment": {"plans": ""}}
+
+
 class EventDecodeError(ValueError):
     pass
 
@@ -183,6 +191,8 @@ def decode(raw: bytes) -> DomainEvent:
     cls = _TYPES.get(name) if isinstance(name, str) else None
     if cls is None:
         raise EventDecodeError(f"unknown domain event type {name!r}")
+    for field_name, value in _ADDED.get(name, {}).items():
+        doc.setdefault(field_name, value)  # a record sent by the release before the field
     if set(doc) != _FIELDS[name]:
         raise EventDecodeError(f"{name}: fields {sorted(doc)} do not match {sorted(_FIELDS[name])}")
     event: DomainEvent = cls(**doc)

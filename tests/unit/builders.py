@@ -69,9 +69,11 @@ def invoice_paid(inv: str, cus: str, created: int, *, amount_paid: int, total: i
                  total_excluding_tax: int | None = None, currency: str = "usd",
                  paid_at: int | None = None, sub: str | None = None, charge: str | None = None,
                  months: int = 1, new_shape: bool = False, payments_charge: str | None = None,
-                 event_id: str | None = None, at: int | None = None, no_totals: bool = False) -> bytes:
+                 event_id: str | None = None, at: int | None = None, no_totals: bool = False,
+                 lines: list[tuple[int, str | None, str | None]] | None = None) -> bytes:
     """`months` ≥ 2 gives a subscription line spanning that many calendar months;
-    `no_totals` leaves out `total` and `total_excluding_tax`."""
+    `no_totals` leaves out `total` and `total_excluding_tax`; `lines`: (amount, price,
+    product) per line instead of one line of `amount_paid` billing no named price."""
     paid = created if paid_at is None else paid_at
     period = {"start": created, "end": add_months(created, months)}
     obj: dict[str, Any] = {
@@ -103,7 +105,18 @@ def invoice_paid(inv: str, cus: str, created: int, *, amount_paid: int, total: i
         obj["subscription"] = sub
         obj["charge"] = charge
         obj["paid"] = True
-    obj["lines"] = {"object": "list", "data": [line], "has_more": False}
+    data = [line]
+    if lines is not None:
+        data = []
+        for i, (amount, price, product) in enumerate(lines):
+            one = {**line, "id": f"il_{inv}_{i}", "amount": amount}
+            if new_shape:  # 2025-03-31+: pricing.price_details names them
+                one["pricing"] = {"type": "price_details", "unit_amount_decimal": str(amount),
+                                  "price_details": {"price": price, "product": product}}
+            elif price is not None:  # before: an expanded price with its product
+                one["price"] = {"id": price, "object": "price", "product": product, "unit_amount": amount}
+            data.append(one)
+    obj["lines"] = {"object": "list", "data": data, "has_more": False}
     return event("invoice.paid", obj, paid if at is None else at, event_id=event_id,
                  api=NEW_API if new_shape else OLD_API)
 

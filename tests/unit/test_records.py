@@ -58,7 +58,9 @@ def test_bad_control_records_are_refused_with_a_reason(raw: bytes, reason: str) 
 
 @pytest.mark.parametrize("event", [
     events.Signup("ucc_X", "user:u1", "cus_A", 1, "evt_1"),
-    events.Payment("ucc_X", "user:u1", "cus_A", "in_1", "usd", 10000, 1, 2, 12, False, "evt_2"),
+    events.Payment("ucc_X", "user:u1", "cus_A", "in_1", "usd", 10000, 1, 2, 12, False, "evt_2", ""),
+    events.Payment("ucc_X", "user:u1", "cus_A", "in_2", "usd", 10000, 1, 2, 1, False, "evt_3",
+                   '[["price_1","prod_1",6000]]'),
     events.Refund("ucc_X", "user:u1", "cus_A", "in_1", "ch_1", 11900, 5950, 3, "evt_3"),
     events.UnlinkedRefund("ucc_X", "user:u1", "cus_A", "ch_1", "usd", 11900, 5950, 3, "evt_3"),
     events.SubscriptionEnded("ucc_X", "user:u1", "cus_A", "sub_1", 4, "evt_4"),

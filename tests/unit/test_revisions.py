@@ -144,3 +144,42 @@ def test_an_assignment_before_the_first_signup_is_kept() -> None:
         "ucc_P", "partners", ts("2026-01-01"), "ops@example.com", "signed before any referral")))
     feed(engine, customer("cus_A", ts("2026-01-10"), ucc="ucc_P", user="u1"))
     assert monthly(engine, 1) == [1000 + 4000]
+
+
+PLANS = """
+[plan."price_enterprise"]
+reward_percent = 10
+max_reward_per_referral = 1500
+[plan."prod_free_tier"]
+reward_percent = 0
+"""
+
+
+def test_a_plan_with_its_own_rate_on_a_mixed_invoice_in_both_api_shapes() -> None:
+    for new_shape in (False, True):
+        engine = engine_from(v(3, cap=100000, extra=PLANS))
+        feed(engine, customer("cus_A", ts("2026-01-10"), ucc="ucc_X", user="u1"))
+        # 24,000 paid, 4,000 of it tax: base 20,000 split over the lines by their amounts
+        # (12,000 / 6,000 / 6,000 of 24,000): 10,000 enterprise, 5,000 free tier, 5,000 other
+        out = earned(engine, invoice_paid(
+            "in_1", "cus_A", ts("2026-01-10"), amount_paid=24000, total=24000, total_excluding_tax=20000,
+            new_shape=new_shape,
+            lines=[(12000, "price_enterprise", "prod_ent"), (6000, "price_x", "prod_free_tier"),
+                   (6000, None, None)]))
+        # purchase bonus 1,000 + enterprise 10 % of 10,000 + free tier 0 + other 25 % of 5,000
+        assert out == [1000 + 1000 + 0 + 1250], new_shape
+        # the enterprise plan's own cap of 1,500 per referral: 500 more at most
+        out = earned(engine, invoice_paid(
+            "in_2", "cus_A", ts("2026-02-10"), amount_paid=20000, new_shape=new_shape,
+            lines=[(20000, "price_enterprise", "prod_ent")]))
+        assert out == [500], new_shape
+
+
+def test_an_invoice_whose_lines_use_the_campaign_rate_earns_as_without_plans() -> None:
+    # three lines of the campaign rate: rounded once over the whole base, as before
+    engine = engine_from(V3)
+    feed(engine, customer("cus_A", ts("2026-01-10"), ucc="ucc_X", user="u1"))
+    lines: list[tuple[int, str | None, str | None]] = [(333, "price_a", None), (333, "price_b", None),
+                                                        (335, None, None)]
+    out = earned(engine, invoice_paid("in_1", "cus_A", ts("2026-01-10"), amount_paid=1001, lines=lines))
+    assert out == [1000 + 250]  # round(1001 × 25 %) = 250
