@@ -1,4 +1,9 @@
-"""Records of the control topic: payout runs and review decisions.
+"""Records of the control topic: what operators (and `payouts execute`) tell the workers.
+
+Payout runs, review decisions, rules revisions, campaign assignments, payout outcomes,
+referrers' payout accounts and manual ledger adjustments (docs/cli.md#control-records).
+Every record an operator writes names its `actor` and its `reason`; records written
+before they did decode with both empty.
 
 See docs/rules.md#holding-and-payouts and docs/rules.md#review-cases.
 """
@@ -19,6 +24,8 @@ class PayoutRun:
     run_id: str
     as_of: int  # Unix seconds: entries payable by then are paid
     requested_at: int
+    actor: str = ""  # "" in runs appended before runs named their actor
+    reason: str = ""
 
     @property
     def control_id(self) -> str:
@@ -33,6 +40,7 @@ class ReviewDecision:
     approve: bool
     reason: str
     decided_at: int
+    actor: str = ""  # "" in decisions appended before decisions named their actor
 
     @property
     def control_id(self) -> str:
@@ -88,13 +96,87 @@ class CampaignAssignment:
         return fact_id("campaign_assignment", self.ucc, self.campaign, self.published_at)
 
 
-ControlRecord = PayoutRun | ReviewDecision | ControlPlaced | RulesRevision | CampaignAssignment
+# PayoutOutcome.status (docs/cli.md#control-records)
+PAID = "paid"
+FAILED = "failed"
+RETURNED = "returned"
+OUTCOMES = (PAID, FAILED, RETURNED)
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutOutcome:
+    """What became of a payout: `paid` (by `payouts execute`, `reference` the Stripe transfer
+    id, or by hand with `payouts mark-paid`, `reference` the operator's), `failed` (never
+    reached the referrer) or `returned` (reached them and came back). Failed and returned
+    put the amount back into the referrer's payable balance (docs/cli.md#control-records)."""
+
+    payout_id: str
+    ucc: str
+    status: str  # OUTCOMES
+    reference: str  # the transfer id or the operator's reference; "" when there is none
+    at: int
+    actor: str
+    reason: str
+
+    @property
+    def control_id(self) -> str:
+        # one outcome of each status per payout: the same one twice changes nothing
+        return fact_id("payout_outcome", self.payout_id, self.status)
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrerAccount:
+    """Where a referrer is paid from `set_at` on: a Stripe connected account (`acct_…`, for
+    `payouts execute`) or an e-mail address (for `payouts export --format paypal|wise`).
+    The latest of each kind counts (docs/cli.md#referrers)."""
+
+    ucc: str
+    account: str
+    set_at: int
+    actor: str
+    reason: str
+
+    @property
+    def control_id(self) -> str:
+        return fact_id("referrer_account", self.ucc, self.account, self.set_at)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerAdjustment:
+    """A ledger entry made by a person: `amount` (minor units, + owed to the referrer,
+    − taken back) payable from `at` on, paid and replayed like any other entry
+    (docs/cli.md#control-records). `adjustment_id` is its idempotency key: the same
+    id twice adjusts once."""
+
+    adjustment_id: str
+    ucc: str
+    currency: str
+    amount: int
+    at: int
+    actor: str
+    reason: str
+
+    @property
+    def control_id(self) -> str:
+        return fact_id("ledger_adjustment", self.adjustment_id)
+
+
+def adjustment_id(ucc: str, currency: str, amount: int, at: int, actor: str, reason: str) -> str:
+    """The default id of an adjustment: from everything it says, its time included."""
+    return fact_id("adjustment", ucc, currency, amount, at, actor, reason)
+
+
+ControlRecord = (PayoutRun | ReviewDecision | ControlPlaced | RulesRevision | CampaignAssignment
+                 | PayoutOutcome | ReferrerAccount | LedgerAdjustment)
 _TYPES: dict[str, type[ControlRecord]] = {
     "payout_run": PayoutRun,
     "review_decision": ReviewDecision,
     "control_placed": ControlPlaced,
     "rules_revision": RulesRevision,
     "campaign_assignment": CampaignAssignment,
+    "payout_outcome": PayoutOutcome,
+    "referrer_account": ReferrerAccount,
+    "ledger_adjustment": LedgerAdjustment,
 }
 _TAGS = {cls: tag for tag, cls in _TYPES.items()}
 
@@ -143,7 +225,23 @@ def decode(raw: bytes) -> ControlRecord:
         run_id = doc.get("run_id")
         if not isinstance(run_id, str) or not run_id:
             raise ControlDecodeError("run_id: expected a non-empty string")
-        return PayoutRun(run_id, _seconds(doc, "as_of"), _seconds(doc, "requested_at"))
+        return PayoutRun(run_id, _seconds(doc, "as_of"), _seconds(doc, "requested_at"),
+                         _text(doc, "actor", ""), _text(doc, "reason", ""))
+    if cls is PayoutOutcome:
+        status = _text(doc, "status")
+        if status not in OUTCOMES:
+            raise ControlDecodeError(f"status: expected one of {', '.join(OUTCOMES)}, not {status!r}")
+        return PayoutOutcome(_id(doc, "payout_id"), _id(doc, "ucc"), status, _text(doc, "reference"),
+                             _seconds(doc, "at"), _text(doc, "actor"), _text(doc, "reason"))
+    if cls is ReferrerAccount:
+        return ReferrerAccount(_id(doc, "ucc"), _id(doc, "account"), _seconds(doc, "set_at"),
+                               _text(doc, "actor"), _text(doc, "reason"))
+    if cls is LedgerAdjustment:
+        amount = doc.get("amount")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0:
+            raise ControlDecodeError("amount: expected a non-zero whole number of minor units")
+        return LedgerAdjustment(_id(doc, "adjustment_id"), _id(doc, "ucc"), _id(doc, "currency"), amount,
+                                _seconds(doc, "at"), _text(doc, "actor"), _text(doc, "reason"))
     fields = {k: doc.get(k) for k in ("case_id", "ucc", "approve", "reason", "decided_at")}
     if not isinstance(fields["case_id"], str) or not isinstance(fields["ucc"], str):
         raise ControlDecodeError("case_id and ucc: expected strings")
@@ -152,7 +250,8 @@ def decode(raw: bytes) -> ControlRecord:
     if not isinstance(fields["reason"], str):
         raise ControlDecodeError("reason: expected a string")
     return ReviewDecision(
-        fields["case_id"], fields["ucc"], fields["approve"], fields["reason"], _seconds(doc, "decided_at")
+        fields["case_id"], fields["ucc"], fields["approve"], fields["reason"], _seconds(doc, "decided_at"),
+        _text(doc, "actor", ""),
     )
 
 
@@ -163,8 +262,16 @@ def _seconds(doc: dict[str, object], name: str) -> int:
     return v
 
 
-def _text(doc: dict[str, object], name: str) -> str:
-    v = doc.get(name)
+def _text(doc: dict[str, object], name: str, missing: str | None = None) -> str:
+    """The string field `name`; `missing` (when given) if the record has none."""
+    v = doc.get(name, missing)
     if not isinstance(v, str):
         raise ControlDecodeError(f"{name}: expected a string")
+    return v
+
+
+def _id(doc: dict[str, object], name: str) -> str:
+    v = _text(doc, name)
+    if not v:
+        raise ControlDecodeError(f"{name}: expected a non-empty string")
     return v
