@@ -22,6 +22,7 @@ from collections.abc import Iterable
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.structs import RecordMetadata
 
 from processors import windows
 from processors.delivery import H_DEST, header
@@ -257,6 +258,7 @@ class Publisher(ConsumerRebalanceListener):
         fresh: list[str],
     ) -> None:
         async with producer.transaction():
+            sends: list[asyncio.Future[RecordMetadata]] = []
             for m in msgs:
                 dest = header(m.headers, H_DEST)
                 topic = self.outputs.get(dest.decode()) if dest else None
@@ -268,5 +270,9 @@ class Publisher(ConsumerRebalanceListener):
                     self.dropped += 1
                     continue
                 fresh.append(cid)
-                await producer.send(topic, m.value, key=m.key, partition=tp.partition)
+                sends.append(await producer.send(topic, m.value, key=m.key, partition=tp.partition))
             await producer.send_offsets_to_transaction({tp: msgs[-1].offset + 1}, self.group_id)
+            # aiokafka commits a transaction whose records the broker refused (it only waits
+            # for the sends to finish, not to succeed): the outbox offset would be committed
+            # without them. A refused send raises here, and the transaction is aborted.
+            await asyncio.gather(*sends)
