@@ -18,9 +18,9 @@ from processors.invoice_link import InvoiceLinkState
 from processors.referral import CustomerState
 from processors.referrer import ReferrerState, ReferrerSummary
 from schemas import control
-from schemas.events import CUSTOMER, INVOICE, OUTPUTS, REFERRER, InvoicePaymentPaid, Routed
+from schemas.events import CUSTOMER, INVOICE, OUTPUTS, REFERRER, DisputeSeen, InvoicePaymentPaid, Routed
 from schemas.rules import Revision, RuleBook, Rules, parse_rules_cached
-from schemas.stripe import InvoicePayment, StripeEvent, parse_event
+from schemas.stripe import Dispute, InvoicePayment, StripeEvent, parse_event
 
 __all__ = ["Engine", "Routed", "revision_of", "route_stripe_event"]
 
@@ -42,6 +42,11 @@ def route_stripe_event(event: StripeEvent) -> list[Routed]:
         return [Routed(INVOICE, obj.invoice, InvoicePaymentPaid(
             obj.invoice, obj.charge, obj.payment_intent, event.id,
         ))]
+    if isinstance(obj, Dispute):
+        # a dispute names its charge only: the invoice stage joins it with the charge's customer
+        seen = DisputeSeen(obj.charge, obj.payment_intent, obj.id, obj.status, obj.amount, event.created,
+                           event.id)
+        return [Routed(INVOICE, f"charge:{key}", seen) for key in (obj.charge, obj.payment_intent) if key]
     customer = event.customer_id
     if customer is None:
         return []  # a charge or invoice without a customer cannot belong to a referral
@@ -75,7 +80,7 @@ class Engine:
         if event.created > self.latest:
             self.latest = event.created
         obj = event.object
-        if obj is None or type(obj) is InvoicePayment:
+        if obj is None or type(obj) is InvoicePayment or type(obj) is Dispute:
             return self._run(route_stripe_event(event))
         # the common case, routed inline: an event about a customer steps that customer's
         # state directly (no envelope, no queue); what it produces runs as `_run` would

@@ -17,6 +17,9 @@ from schemas.events import (
     INVOICE,
     REFERRER,
     AttributionConflict,
+    ChargeSeen,
+    DisputeChanged,
+    DisputeUpdate,
     InvoiceSeen,
     Payment,
     PaymentLink,
@@ -29,7 +32,7 @@ from schemas.events import (
 from schemas.rules import RuleBook, Rules
 from schemas.stripe import Charge, Customer, Invoice, StripeEvent, Subscription
 
-CustomerMessage = StripeEvent | PaymentLink
+CustomerMessage = StripeEvent | PaymentLink | DisputeUpdate
 
 
 class HeldPayment(NamedTuple):
@@ -44,6 +47,7 @@ class HeldPayment(NamedTuple):
     subscription: str | None
     event_id: str
     plans: str = ""  # Payment.plans: the base per line naming a price or product
+    amount: int = 0  # what it paid (amount_paid, or the charge's amount)
 
 
 class PendingRefund(NamedTuple):
@@ -81,6 +85,9 @@ class CustomerState(NamedTuple):
     pending_refunds: dict[str, tuple[PendingRefund, ...]] | None = None
     held: tuple[HeldPayment, ...] = ()
     late: tuple[HeldPayment, ...] = ()  # sent as late: revisited if attributed_at moves earlier
+    # charges that paid one of its payments: their disputes concern it (docs/rules.md#disputes)
+    charges: tuple[str, ...] = ()
+    disputes: dict[str, DisputeUpdate] | None = None  # disputes waiting for their charge's link
 
 
 # `s._replace(<field>=value)` for the fields most events set, without `_replace`'s keyword
@@ -104,6 +111,8 @@ def step(
         if state is None:
             state = CustomerState(message.customer_id)
         return _on_link(state, message, rules)
+    if isinstance(message, DisputeUpdate):
+        return _on_dispute(state or CustomerState(message.customer_id), message)
     obj = message.object
     key = message.customer_id
     if key is None or obj is None:
@@ -153,7 +162,7 @@ def _forward(s: CustomerState, p: HeldPayment, rules: RuleBook, out: list[Routed
         return s
     out.append(Routed(REFERRER, s.ucc, Payment(
         s.ucc, s.referral_id, s.customer_id, p.payment_id, p.currency, p.base, p.created,
-        p.earned_at, p.months, late, p.event_id, p.plans,
+        p.earned_at, p.months, late, p.event_id, p.plans, p.amount,
     )))
     if late and all(q.payment_id != p.payment_id for q in s.late):
         s = s._replace(late=(*s.late, p))
@@ -272,6 +281,7 @@ def _on_customer(
     signed_up_at = c.created if c.created is not None else (s.created or ev.created)
     s = s._replace(ucc=c.ucc, referral_id=referral, attributed_at=ev.created)
     out.append(Routed(REFERRER, c.ucc, Signup(c.ucc, referral, s.customer_id, signed_up_at, ev.id)))
+    out.extend(Routed(INVOICE, f"charge:{ch}", ChargeSeen(ch, s.customer_id)) for ch in s.charges)
     held = s.held
     s = s._replace(held=())
     for p in held:
@@ -321,7 +331,9 @@ def _on_invoice(
     )
     if ids:
         s = _with_links(s, ids, inv.id)
+        s = _note_charges(s, ids, out)
         s = _flush_linked_refunds(s, rules, out)
+        s = _flush_disputes(s, out)
     else:  # 2025-03-31+: the charge comes from an invoice_payment.paid event
         out.append(Routed(INVOICE, inv.id, InvoiceSeen(inv.id, s.customer_id)))
     tax = inv.total - inv.total_excluding_tax if (
@@ -332,7 +344,7 @@ def _on_invoice(
         return s  # trials and 100 % coupons earn nothing
     p = HeldPayment(
         inv.id, inv.currency, base, inv.created, inv.paid_at or inv.created, _invoice_months(inv),
-        inv.subscription, ev.id, _plan_bases(inv, base),
+        inv.subscription, ev.id, _plan_bases(inv, base), inv.amount_paid,
     )
     return _on_payment(s, p, rules, out)
 
@@ -348,6 +360,7 @@ def _on_payment(s: CustomerState, p: HeldPayment, rules: RuleBook, out: list[Rou
 def _on_charge(
     s: CustomerState, ev: StripeEvent, ch: Charge, rules: RuleBook, out: list[Routed]
 ) -> CustomerState:
+    s = _note_charges(s, [i for i in (ch.id, ch.payment_intent) if i], out)
     if ch.one_off:
         if ch.id not in s.one_offs:
             s = s._replace(one_offs=(*s.one_offs, ch.id))
@@ -355,7 +368,7 @@ def _on_charge(
             s = _with_links(s, [ch.id], ch.id)
             if ev.type == "charge.succeeded" and ch.amount > 0:
                 s = _on_payment(s, HeldPayment(
-                    ch.id, ch.currency, ch.amount, ch.created, ch.created, 1, None, ev.id,
+                    ch.id, ch.currency, ch.amount, ch.created, ch.created, 1, None, ev.id, "", ch.amount,
                 ), rules, out)
     elif ch.invoice:
         s = _with_links(s, [ch.id], ch.invoice)
@@ -396,7 +409,54 @@ def _on_link(s: CustomerState, link: PaymentLink, rules: RuleBook) -> tuple[Cust
     s = _with_links(s, ids, link.invoice_id)
     out: list[Routed] = []
     s = _flush_linked_refunds(s, rules, out)
+    s = _flush_disputes(s, out)
     return s, out
+
+
+def _note_charges(s: CustomerState, charges: list[str], out: list[Routed]) -> CustomerState:
+    """The customer's charges (and payment intents), from its own Stripe events only: once it
+    is attributed, the invoice stage learns they are its, so their disputes find it
+    (docs/rules.md#disputes). Never from a link that came back from the invoice stage: what
+    it sends to the invoice stage must follow from the Stripe events before a control event's
+    marker (docs/design.md#one-order)."""
+    new = [c for c in charges if c not in s.charges]
+    if not new:
+        return s
+    if s.ucc is not None:
+        out.extend(Routed(INVOICE, f"charge:{c}", ChargeSeen(c, s.customer_id)) for c in new)
+    return s._replace(charges=(*s.charges, *new))
+
+
+def _on_dispute(s: CustomerState, d: DisputeUpdate) -> tuple[CustomerState, list[Routed]]:
+    """A dispute of one of the customer's charges: to the referrer once the charge is linked
+    to a payment, kept until then (its link may still come back from the invoice stage)."""
+    out: list[Routed] = []
+    if not _send_dispute(s, d, out):
+        s = s._replace(disputes={**(s.disputes or {}), d.dispute_id: d})
+    elif s.disputes and d.dispute_id in s.disputes:
+        rest = dict(s.disputes)
+        del rest[d.dispute_id]
+        s = s._replace(disputes=rest or None)
+    return s, out
+
+
+def _send_dispute(s: CustomerState, d: DisputeUpdate, out: list[Routed]) -> bool:
+    payment_id = _payment_of(s, d.charge_id, d.payment_intent_id)
+    if s.ucc is None or s.referral_id is None or payment_id is None:
+        return False
+    out.append(Routed(REFERRER, s.ucc, DisputeChanged(
+        s.ucc, s.referral_id, s.customer_id, payment_id, d.charge_id, d.dispute_id, d.status, d.amount,
+        d.created, d.event_id,
+    )))
+    return True
+
+
+def _flush_disputes(s: CustomerState, out: list[Routed]) -> CustomerState:
+    """After new links: the disputes kept for want of them."""
+    if not s.disputes:
+        return s
+    rest = {k: d for k, d in s.disputes.items() if not _send_dispute(s, d, out)}
+    return s._replace(disputes=rest or None)
 
 
 # --- table value codec ----------------------------------------------------------------------
@@ -412,17 +472,20 @@ def dumps(s: CustomerState) -> bytes:
          for k, steps in (s.pending_refunds or {}).items()},
         [_held_row(p) for p in s.held],
         [_held_row(p) for p in s.late],
+        s.charges,
+        {k: [d.charge_id, d.payment_intent_id, d.status, d.amount, d.created, d.event_id]
+         for k, d in (s.disputes or {}).items()},
     ])
 
 
 def _held_row(p: HeldPayment) -> list[object]:
     return [p.payment_id, p.currency, p.base, p.created, p.earned_at, p.months, p.subscription, p.event_id,
-            p.plans]
+            p.plans, p.amount]
 
 
 def loads(raw: bytes) -> CustomerState:
     (cid, created, ucc, referral, attributed_at, conflicts, deleted_at, subs, links, one_offs,
-     pending, held, late) = orjson.loads(raw)
+     pending, held, late, *more) = orjson.loads(raw)
     return CustomerState(
         cid, created, ucc, referral, attributed_at, tuple(conflicts), deleted_at,
         {k: SubscriptionSnapshot(*v) for k, v in subs.items()} or None,
@@ -430,6 +493,9 @@ def loads(raw: bytes) -> CustomerState:
         {k: _pending_steps(v) for k, v in pending.items()} or None,
         tuple(HeldPayment(*p) for p in held),
         tuple(HeldPayment(*p) for p in late),
+        tuple(more[0]) if more else (),  # none stored before disputes
+        {k: DisputeUpdate(cid, v[0], v[1], k, *v[2:]) for k, v in more[1].items()} or None
+        if len(more) > 1 else None,
     )
 
 

@@ -41,6 +41,7 @@ from schemas.events import (
     PAYOUTS,
     REVIEWS,
     AttributionConflict,
+    DisputeChanged,
     Payment,
     ReferrerEvent,
     Refund,
@@ -83,9 +84,10 @@ class Entry(NamedTuple):
 
 
 class ChargeRefund(NamedTuple):
-    amount: int  # the charge's amount
+    amount: int  # the charge's amount (0: not known yet)
     amount_refunded: int  # largest cumulative amount seen
     reversed: int  # reversed so far for this charge
+    lost: int = 0  # reversed for its disputes closed as lost (docs/rules.md#disputes)
 
 
 class PaymentRecord(NamedTuple):
@@ -94,6 +96,7 @@ class PaymentRecord(NamedTuple):
     reward: int = 0  # r: the percentage reward actually earned (after the cap, kept instalments)
     paid: bool = False  # some of its reward was paid out
     refunds: dict[str, ChargeRefund] | None = None
+    amount: int = 0  # what the payment paid (0: unknown), for disputes that name no charge amount
 
 
 class ReferralState(NamedTuple):
@@ -106,6 +109,20 @@ class ReferralState(NamedTuple):
     payments: dict[str, PaymentRecord]
     open_cases: tuple[str, ...]
     entries: tuple[Entry, ...]  # unpaid, not voided, in the order they were made
+
+
+class DisputeState(NamedTuple):
+    """The latest state of a dispute of one of the referrer's payments."""
+
+    referral_id: str
+    payment_id: str
+    charge_id: str
+    status: str
+    amount: int
+    created: int
+
+
+DISPUTE_CLOSED = ("won", "lost")
 
 
 class Case(NamedTuple):
@@ -129,6 +146,7 @@ class ReferrerState(NamedTuple):
     runs: tuple[str, ...]  # payout run ids already applied
     # (effective from, campaign name), oldest first: the referrer's campaign assignments
     campaigns: tuple[tuple[int, str], ...]
+    disputes: dict[str, DisputeState]  # by dispute id
 
 
 # Building a NamedTuple with `tuple.__new__` skips the generated `__new__` and `_replace`'s
@@ -154,7 +172,7 @@ def _referral(r: ReferralState, *, purchase_bonus_granted: bool | None = None,
 
 
 def empty_state(ucc: str) -> ReferrerState:
-    return ReferrerState(ucc, {}, {}, {}, {}, {}, (), ())
+    return ReferrerState(ucc, {}, {}, {}, {}, {}, (), (), {})
 
 
 def unpaid_entries(state: ReferrerState) -> list[Entry]:
@@ -186,6 +204,7 @@ class _Tx:
         self.ucc = s.ucc
         self.book = book
         self.campaigns = s.campaigns
+        self.disputes = s.disputes
         # the rules that price the fact at hand: set by `price(t)` before it is priced
         self.rules: Rules = book.at(0).campaign(campaign_at(s.campaigns, 0))
         self.referrals = s.referrals
@@ -229,7 +248,7 @@ class _Tx:
             self.put(rid, _referral(r, entries=r.entries + tuple(new)))
         return ReferrerState(
             self.ucc, self.referrals, self.earned, self.reversed, self.paid, self.cases, self.runs,
-            self.campaigns,
+            self.campaigns, self.disputes,
         ), self.out
 
     # --- building blocks ---
@@ -326,10 +345,11 @@ def step(
             tx = _Tx(state, book)
             _open_waiting_refunds(tx, message)
             state, opened = tx.done()
-        payable = _payable(state.referrals, None, message.as_of)
+        payable = _payable(state.referrals, None, message.as_of, _disputed(state.disputes))
         if not payable:
             return _new(ReferrerState, (state.ucc, state.referrals, state.earned, state.reversed, state.paid,
-                                        state.cases, (*state.runs, message.run_id), state.campaigns)), opened
+                                        state.cases, (*state.runs, message.run_id), state.campaigns,
+                                        state.disputes)), opened
         tx = _Tx(state, book)
         tx.price(message.as_of)  # min_payout and the revision the commands carry
         _on_payout_run(tx, message, payable)
@@ -352,6 +372,8 @@ def step(
         _on_conflict(tx, message)
     elif isinstance(message, CampaignAssignment):
         _on_assignment(tx, message)
+    elif isinstance(message, DisputeChanged):
+        _on_dispute(tx, message)
     return tx.done()
 
 
@@ -466,7 +488,7 @@ def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRe
     for (pool, _), charged in zip(pools, charges, strict=True):
         if charged:
             gross[pool] = gross.get(pool, 0) + charged
-    rec = PaymentRecord(REWARDED, p.currency, kept, False, None)
+    rec = PaymentRecord(REWARDED, p.currency, kept, False, None, p.amount)
     ref = _referral(ref, purchase_bonus_granted=granted, gross=gross,
                     payments={**ref.payments, p.payment_id: rec})
     tx.put(rid, ref)
@@ -481,6 +503,10 @@ def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRe
     # refunds that arrived before the reward was computed
     for charge, cr in sorted((refunds or {}).items()):
         _reverse(tx, rid, p.payment_id, charge, cr.amount, cr.amount_refunded, p.earned_at, p.event_id)
+    # disputes lost before the reward was computed
+    for dispute_id, d in sorted(tx.disputes.items()):
+        if d.payment_id == p.payment_id and d.referral_id == rid and d.status == "lost":
+            _reverse_dispute(tx, dispute_id, d, p.earned_at, p.event_id)
 
 
 def _plan_rewards(rules: Rules, ref: ReferralState, p: Payment, room: int | None, capped: bool
@@ -519,7 +545,8 @@ def _plan_rewards(rules: Rules, ref: ReferralState, p: Payment, room: int | None
 
 def _reverse(tx: _Tx, rid: str, payment_id: str, charge: str, amount: int, refunded: int, at: int,
              source: str) -> None:
-    """Bring a charge's cumulative reversal to round(r × amount_refunded / amount)."""
+    """Bring a charge's cumulative refund reversal to round(r × amount_refunded / amount),
+    never beyond what its lost disputes left of the reward."""
     ref = tx.referrals[rid]
     rec = ref.payments[payment_id]
     refunds = dict(rec.refunds or {})
@@ -530,19 +557,43 @@ def _reverse(tx: _Tx, rid: str, payment_id: str, charge: str, amount: int, refun
         prev = ChargeRefund(amount, 0, case.reversed if case is not None and case.status == APPROVED else 0)
     refunded = max(refunded, prev.amount_refunded)
     # never more than the reward, whatever a (malformed) refund claims
-    target = min(rec.reward, pro_rata(rec.reward, refunded, amount or prev.amount))
+    target = min(rec.reward - prev.lost, pro_rata(rec.reward, refunded, amount or prev.amount))
     delta = target - prev.reversed
     if rec.status != REWARDED or delta <= 0:
-        refunds[charge] = ChargeRefund(amount, refunded, prev.reversed)
+        refunds[charge] = ChargeRefund(amount or prev.amount, refunded, prev.reversed, prev.lost)
         tx.put(rid, _with_payment(ref, payment_id, rec._replace(refunds=refunds)))
         return
-    refunds[charge] = ChargeRefund(amount, refunded, target)
+    refunds[charge] = ChargeRefund(amount or prev.amount, refunded, target, prev.lost)
     tx.put(rid, _with_payment(ref, payment_id, rec._replace(refunds=refunds)))
     if ref.rejected and not rec.paid:
         return  # its reward was voided: so is its reversal
     eid = fact_id("reversal", tx.ucc, rid, payment_id, charge, target)
     tx.add_entry(Entry(eid, rid, payment_id, rec.currency, -delta, at))
     tx.notify(REWARD_REVERSED, fact_id(REWARD_REVERSED, eid), rid, rec.currency, delta, source, at)
+
+
+def _reverse_dispute(tx: _Tx, dispute_id: str, d: DisputeState, at: int, source: str) -> None:
+    """A lost dispute reverses round(r × disputed / the charge's amount) of the payment's reward,
+    its own entry beside the refunds' (so the order they arrive in changes nothing), never more
+    than what the refunds and other disputes left (docs/rules.md#disputes)."""
+    ref = tx.referrals[d.referral_id]
+    rec = ref.payments[d.payment_id]
+    if rec.status != REWARDED:
+        return  # applied with the reward (`_reward` calls this again)
+    refunds = dict(rec.refunds or {})
+    prev = refunds.get(d.charge_id) or ChargeRefund(0, 0, 0)
+    whole = prev.amount or rec.amount or d.amount
+    taken = sum(c.reversed + c.lost for c in refunds.values())
+    delta = min(pro_rata(rec.reward, min(d.amount, whole), whole), rec.reward - taken)
+    if delta <= 0:
+        return
+    refunds[d.charge_id] = prev._replace(lost=prev.lost + delta)
+    tx.put(d.referral_id, _with_payment(ref, d.payment_id, rec._replace(refunds=refunds)))
+    if ref.rejected and not rec.paid:
+        return
+    eid = fact_id("dispute_reversal", tx.ucc, d.referral_id, d.payment_id, d.charge_id, dispute_id)
+    tx.add_entry(Entry(eid, d.referral_id, d.payment_id, rec.currency, -delta, at))
+    tx.notify(REWARD_REVERSED, fact_id(REWARD_REVERSED, eid), d.referral_id, rec.currency, delta, source, at)
 
 
 def _on_refund(tx: _Tx, m: Refund) -> None:
@@ -659,6 +710,23 @@ def _reverse_unlinked(tx: _Tx, case_id: str, at: int, source: str) -> None:
     tx.notify(REWARD_REVERSED, fact_id(REWARD_REVERSED, eid), ref.referral_id, m.currency, delta, source, at)
 
 
+def _on_dispute(tx: _Tx, m: DisputeChanged) -> None:
+    """An open dispute withholds its payment's entries from payouts; won releases them;
+    lost reverses the reward pro rata to the disputed amount, together with the charge's
+    refunds (docs/rules.md#disputes). The latest state wins whatever the arrival order."""
+    ref = tx.referrals.get(m.referral_id)
+    if ref is None:
+        return
+    old = tx.disputes.get(m.dispute_id)
+    closed = m.status in DISPUTE_CLOSED
+    if old is not None and (old.created, old.status in DISPUTE_CLOSED) >= (m.created, closed):
+        return  # a duplicate, or an older state arriving late
+    d = DisputeState(m.referral_id, m.payment_id, m.charge_id, m.status, m.amount, m.created)
+    tx.disputes = {**tx.disputes, m.dispute_id: d}
+    if m.status == "lost" and m.payment_id in ref.payments:
+        _reverse_dispute(tx, m.dispute_id, d, m.created, m.event_id)  # else: with the reward
+
+
 def _on_subscription_ended(tx: _Tx, m: SubscriptionEnded) -> None:
     if m.referral_id not in tx.referrals:
         return
@@ -738,7 +806,15 @@ def _void(tx: _Tx, ref: ReferralState) -> None:
     tx.put(ref.referral_id, ref._replace(rejected=True, entries=tuple(keep)))
 
 
-def _payable(referrals: dict[str, ReferralState], currency: str | None, as_of: int) -> list[Entry]:
+def _disputed(disputes: dict[str, DisputeState]) -> frozenset[str]:
+    """Payments with an open dispute: their positive entries wait (docs/rules.md#disputes)."""
+    if not disputes:
+        return frozenset()
+    return frozenset(d.payment_id for d in disputes.values() if d.status not in DISPUTE_CLOSED)
+
+
+def _payable(referrals: dict[str, ReferralState], currency: str | None, as_of: int,
+             disputed: frozenset[str] = frozenset()) -> list[Entry]:
     out = []
     for r in referrals.values():
         paused = bool(r.open_cases)
@@ -747,8 +823,8 @@ def _payable(referrals: dict[str, ReferralState], currency: str | None, as_of: i
                 continue
             if e.payable_at > as_of:
                 continue
-            if e.amount > 0 and paused:
-                continue  # paused by a review case
+            if e.amount > 0 and (paused or (disputed and e.payment_id in disputed)):
+                continue  # paused by a review case, or its payment's charge is disputed
             out.append(e)
     return out
 
@@ -792,8 +868,7 @@ def _on_payout_run(tx: _Tx, run: PayoutRun, payable: list[Entry]) -> None:
                 if rec is not None and not rec.paid:
                     if payments is ref.payments:
                         payments = dict(payments)
-                    payments[pid or ""] = PaymentRecord(rec.status, rec.currency, rec.reward, True,
-                                                        rec.refunds)
+                    payments[pid or ""] = rec._replace(paid=True)
             ref = _referral(ref, payments=payments, paid_any=True)
         tx.put(rid, _referral(ref, entries=tuple(e for e in ref.entries if e.entry_id not in covered)))
 
@@ -808,7 +883,7 @@ def summary(state: ReferrerState, as_of: int) -> ReferrerSummary:
     for c in currencies:
         earned = state.earned.get(c, 0)
         rev = state.reversed.get(c, 0)
-        payable = sum(e.amount for e in _payable(state.referrals, c, as_of))
+        payable = sum(e.amount for e in _payable(state.referrals, c, as_of, _disputed(state.disputes)))
         out[c] = CurrencySummary(earned, rev, earned - rev, state.paid.get(c, 0), payable)
     open_cases = sum(1 for case in state.cases.values() if case.status == OPEN)
     return ReferrerSummary(state.ucc, len(state.referrals), out, open_cases)
@@ -821,7 +896,7 @@ _STATUS = (PENDING, HELD, REWARDED, INELIGIBLE)
 
 def _payment_row(p: Payment) -> list[object]:
     return [p.ucc, p.referral_id, p.customer_id, p.payment_id, p.currency, p.base, p.created, p.earned_at,
-            p.months, p.late, p.event_id, p.plans]
+            p.months, p.late, p.event_id, p.plans, p.amount]
 
 
 def _refund_row(m: UnlinkedRefund) -> list[object]:
@@ -832,8 +907,8 @@ def _refund_row(m: UnlinkedRefund) -> list[object]:
 def _referral_row(r: ReferralState) -> list[object]:
     return [r.signed_up_at, r.rejected, r.purchase_bonus_granted, r.paid_any, r.gross,
             {pid: [_STATUS.index(p.status), p.currency, p.reward, p.paid,
-                   {ch: [c.amount, c.amount_refunded, c.reversed] for ch, c in p.refunds.items()}
-                   if p.refunds else None]
+                   {ch: [c.amount, c.amount_refunded, c.reversed, c.lost] for ch, c in p.refunds.items()}
+                   if p.refunds else None, p.amount]
              for pid, p in r.payments.items()},
             r.open_cases,
             [[e.entry_id, e.payment_id, e.currency, e.amount, e.payable_at] for e in r.entries]]
@@ -870,23 +945,26 @@ def dumps(s: ReferrerState, encoded: EncodedReferrals | None = None) -> bytes:
          for cid, c in s.cases.items()},
         s.runs,
         s.campaigns,
+        {k: list(d) for k, d in s.disputes.items()},
     ])
 
 
 def _payment(row: list[Any]) -> Payment:
-    # rows stored before plans have 11 fields
-    return Payment(*row) if len(row) == 12 else Payment(*[*row, ""])
+    # rows stored before plans have 11 fields, before the amount 12
+    return Payment(*[*row, *["", 0][len(row) - 11:]])
 
 
 def loads(raw: bytes) -> ReferrerState:
     ucc, referrals, earned, reversed_, paid, cases, runs, *more = orjson.loads(raw)
     campaigns = tuple((int(t), str(c)) for t, c in more[0]) if more else ()  # none before campaigns
+    disputes = {k: DisputeState(*d) for k, d in more[1].items()} if len(more) > 1 else {}
     return ReferrerState(
         ucc,
         {rid: ReferralState(
             rid, r[0], r[1], r[2], r[3], r[4],
             {pid: PaymentRecord(_STATUS[p[0]], p[1], p[2], p[3],
-                                {ch: ChargeRefund(*c) for ch, c in p[4].items()} if p[4] else None)
+                                {ch: ChargeRefund(*c) for ch, c in p[4].items()} if p[4] else None,
+                                *p[5:6])
              for pid, p in r[5].items()},
             tuple(r[6]), tuple(Entry(e[0], rid, *e[1:]) for e in r[7]))
          for rid, r in referrals.items()},
@@ -897,4 +975,5 @@ def loads(raw: bytes) -> ReferrerState:
          for cid, c in cases.items()},
         tuple(runs),
         campaigns,
+        disputes,
     )

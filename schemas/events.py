@@ -50,6 +50,7 @@ class Payment:
     # [[price, product, base], …] (the rest of the base earns at the campaign rate); "" when
     # no line names one (docs/rules.md#the-rules-file: plans)
     plans: str
+    amount: int  # what the payment paid (amount_paid, or the one-off charge's amount); 0: unknown
 
 
 @fast_init
@@ -108,7 +109,25 @@ class AttributionConflict:
     event_id: str
 
 
-# --- entry → stage "invoice" (key: invoice id), and back ---------------------------------
+@fast_init
+@dataclass(frozen=True, slots=True)
+class DisputeChanged:
+    """A dispute of a rewarded (or yet to be rewarded) payment's charge changed status
+    (docs/rules.md#disputes)."""
+
+    ucc: str
+    referral_id: str
+    customer_id: str
+    payment_id: str
+    charge_id: str
+    dispute_id: str
+    status: str
+    amount: int  # the disputed amount
+    created: int
+    event_id: str
+
+
+# --- entry → stage "invoice" (key: invoice id, or "charge:<id>"), and back -----------------
 
 
 @fast_init
@@ -142,14 +161,56 @@ class PaymentLink:
     payment_intent_id: str | None
 
 
-ReferrerEvent = Signup | Payment | Refund | UnlinkedRefund | SubscriptionEnded | AttributionConflict
-DomainEvent = ReferrerEvent | InvoicePaymentPaid | InvoiceSeen | PaymentLink
+@fast_init
+@dataclass(frozen=True, slots=True)
+class ChargeSeen:
+    """stage "customer" → "invoice" (key "charge:<id>"): this charge (or payment intent) paid
+    a payment of this (attributed) customer, so its disputes concern the customer."""
+
+    charge_id: str
+    customer_id: str
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class DisputeSeen:
+    """A `charge.dispute.*` event, on its way to the charge's customer (key "charge:<id>", sent
+    for its charge and for its payment intent: the customer knows its payment by either)."""
+
+    charge_id: str
+    payment_intent_id: str | None
+    dispute_id: str
+    status: str
+    amount: int
+    created: int
+    event_id: str
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class DisputeUpdate:
+    """stage "invoice" → "customer": the latest state of a dispute of this customer's charge."""
+
+    customer_id: str
+    charge_id: str
+    payment_intent_id: str | None
+    dispute_id: str
+    status: str
+    amount: int
+    created: int
+    event_id: str
+
+
+ReferrerEvent = (Signup | Payment | Refund | UnlinkedRefund | SubscriptionEnded | AttributionConflict
+                 | DisputeChanged)
+DomainEvent = (ReferrerEvent | InvoicePaymentPaid | InvoiceSeen | PaymentLink | ChargeSeen | DisputeSeen
+               | DisputeUpdate)
 
 _TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
     for cls in (
-        Signup, Payment, Refund, UnlinkedRefund, SubscriptionEnded, AttributionConflict,
-        InvoicePaymentPaid, InvoiceSeen, PaymentLink,
+        Signup, Payment, Refund, UnlinkedRefund, SubscriptionEnded, AttributionConflict, DisputeChanged,
+        InvoicePaymentPaid, InvoiceSeen, PaymentLink, ChargeSeen, DisputeSeen, DisputeUpdate,
     )
 }
 _FIELDS: dict[str, frozenset[str]] = {
@@ -158,7 +219,7 @@ _FIELDS: dict[str, frozenset[str]] = {
 
 
 # fields added after records of the type were first sent, and what an older record means
-_ADDED: dict[str, dict[str, Any]] = {"Payment": {"plans": ""}}
+_ADDED: dict[str, dict[str, Any]] = {"Payment": {"plans": "", "amount": 0}}
 
 
 class EventDecodeError(ValueError):

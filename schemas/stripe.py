@@ -25,7 +25,11 @@ SUBSCRIPTION_TYPES = frozenset({
 CHARGE_TYPES = frozenset({"charge.succeeded", "charge.refunded", "charge.updated"})
 INVOICE_TYPES = frozenset({"invoice.paid"})
 INVOICE_PAYMENT_TYPES = frozenset({"invoice_payment.paid"})
-READ_TYPES = CUSTOMER_TYPES | SUBSCRIPTION_TYPES | CHARGE_TYPES | INVOICE_TYPES | INVOICE_PAYMENT_TYPES
+DISPUTE_TYPES = frozenset({
+    "charge.dispute.created", "charge.dispute.closed", "charge.dispute.funds_withdrawn",
+})
+READ_TYPES = (CUSTOMER_TYPES | SUBSCRIPTION_TYPES | CHARGE_TYPES | INVOICE_TYPES | INVOICE_PAYMENT_TYPES
+              | DISPUTE_TYPES)
 
 
 class StripeParseError(ValueError):
@@ -116,7 +120,21 @@ class InvoicePayment:
     status: str | None
 
 
-StripeObject = Customer | Subscription | Invoice | Charge | InvoicePayment
+@fast_init
+@dataclass(frozen=True, slots=True)
+class Dispute:
+    """A charge's dispute (docs/rules.md#disputes): it names its charge, never a customer."""
+
+    id: str
+    charge: str
+    payment_intent: str | None
+    created: int | None
+    currency: str
+    amount: int  # the disputed amount
+    status: str  # warning_needs_response … needs_response, under_review, won, lost, …
+
+
+StripeObject = Customer | Subscription | Invoice | Charge | InvoicePayment | Dispute
 
 
 @fast_init
@@ -135,7 +153,7 @@ class StripeEvent:
         obj = self.object
         if isinstance(obj, Customer):
             return obj.id
-        if obj is None or isinstance(obj, InvoicePayment):
+        if obj is None or isinstance(obj, InvoicePayment | Dispute):
             return None
         return obj.customer
 
@@ -562,6 +580,17 @@ def parse_invoice_payment(obj: dict[str, Any], path: str = "data.object") -> Inv
     return InvoicePayment(payment_id, invoice, created, charge, intent, status)
 
 
+def parse_dispute(obj: dict[str, Any], path: str = "data.object") -> Dispute:
+    if obj.get("object") not in (None, "dispute"):
+        _expect_object(obj, "dispute", path)
+    dispute_id = _req_str(obj, "id", path)
+    charge = _ref(obj, "charge", path) or _req_str(obj, "charge", path)
+    amount = _req_int(obj, "amount", path)
+    _amount_ok(amount, "amount", path)
+    return Dispute(dispute_id, charge, _ref(obj, "payment_intent", path), _opt_int(obj, "created", path),
+                   _cur(obj, path), amount, _req_str(obj, "status", path))
+
+
 _PARSERS: dict[str, Any] = {}
 for _t in CUSTOMER_TYPES:
     _PARSERS[_t] = parse_customer
@@ -573,6 +602,8 @@ for _t in SUBSCRIPTION_TYPES:
     _PARSERS[_t] = parse_subscription
 for _t in INVOICE_PAYMENT_TYPES:
     _PARSERS[_t] = parse_invoice_payment
+for _t in DISPUTE_TYPES:
+    _PARSERS[_t] = parse_dispute
 
 
 def _parse_object(event_type: str, obj: dict[str, Any]) -> StripeObject | None:

@@ -164,3 +164,11 @@ def invoice_payment_paid(inv: str, at: int, *, charge: str | None = None,
            "created": at, "status": "paid", "is_default": True, "payment": payment,
            "status_transitions": {"paid_at": at}}
     return event("invoice_payment.paid", obj, at, event_id=event_id, api=NEW_API)
+
+
+def dispute(dp: str, ch: str, amount: int, status: str, at: int, currency: str = "usd", *,
+            type_: str = "charge.dispute.created", payment_intent: str | None = None) -> bytes:
+    """A `charge.dispute.*` event: the dispute names its charge, never its customer."""
+    return event(type_, {"id": dp, "object": "dispute", "charge": ch, "payment_intent": payment_intent,
+                         "amount": amount, "currency": currency, "status": status, "created": at,
+                         "reason": "fraudulent", "livemode": False}, at)

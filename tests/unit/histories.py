@@ -18,6 +18,7 @@ from processors.money import DAY, add_months
 from tests.unit.builders import (
     charge,
     customer,
+    dispute,
     invoice_paid,
     invoice_payment_paid,
     refund,
@@ -120,6 +121,21 @@ def histories(draw: st.DrawFn, cus: str = "cus_A", uccs: tuple[str, ...] = ("ucc
                     invoice=inv if shape == "old" else "<absent>",
                     payment_intent=pi if shape == "link_intent" else None,
                     type_=draw(st.sampled_from(["charge.refunded", "charge.updated"])))))
+            # a dispute, often closed later; as Stripe allows, refunds and the disputed amount
+            # together stay within the charge
+            if amount > refunded and draw(st.integers(0, 3)) == 0:
+                at = paid_at + draw(st.integers(1, 40 * DAY))
+                disputed = draw(st.integers(1, amount - refunded))
+                dp = f"dp_{ch}"
+                intent = pi if shape == "link_intent" else None
+                events.append((at, dispute(dp, ch, disputed, "needs_response", at, currency,
+                                           payment_intent=intent)))
+                closed = draw(st.sampled_from([None, "won", "lost"]))
+                if closed:
+                    at += draw(st.integers(1, 60 * DAY))
+                    events.append((at, dispute(dp, ch, disputed, closed, at, currency,
+                                               type_="charge.dispute.closed", payment_intent=intent)))
+                end = max(end, at)
         end = max(end, last)
         if draw(st.booleans()):
             gone = last + draw(st.integers(1, 20)) * DAY

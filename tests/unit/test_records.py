@@ -58,9 +58,13 @@ def test_bad_control_records_are_refused_with_a_reason(raw: bytes, reason: str) 
 
 @pytest.mark.parametrize("event", [
     events.Signup("ucc_X", "user:u1", "cus_A", 1, "evt_1"),
-    events.Payment("ucc_X", "user:u1", "cus_A", "in_1", "usd", 10000, 1, 2, 12, False, "evt_2", ""),
+    events.Payment("ucc_X", "user:u1", "cus_A", "in_1", "usd", 10000, 1, 2, 12, False, "evt_2", "", 11900),
     events.Payment("ucc_X", "user:u1", "cus_A", "in_2", "usd", 10000, 1, 2, 1, False, "evt_3",
-                   '[["price_1","prod_1",6000]]'),
+                   '[["price_1","prod_1",6000]]', 10000),
+    events.ChargeSeen("ch_1", "cus_A"),
+    events.DisputeSeen("ch_1", "pi_1", "dp_1", "needs_response", 5000, 3, "evt_4"),
+    events.DisputeUpdate("cus_A", "ch_1", None, "dp_1", "lost", 5000, 4, "evt_5"),
+    events.DisputeChanged("ucc_X", "user:u1", "cus_A", "in_1", "ch_1", "dp_1", "lost", 5000, 4, "evt_5"),
     events.Refund("ucc_X", "user:u1", "cus_A", "in_1", "ch_1", 11900, 5950, 3, "evt_3"),
     events.UnlinkedRefund("ucc_X", "user:u1", "cus_A", "ch_1", "usd", 11900, 5950, 3, "evt_3"),
     events.SubscriptionEnded("ucc_X", "user:u1", "cus_A", "sub_1", 4, "evt_4"),
