@@ -114,6 +114,8 @@ class Engine:
             return []
         if isinstance(record, control.CampaignAssignment):
             return self._run([Routed(REFERRER, record.ucc, record)])
+        if not isinstance(record, control.ReviewDecision):
+            return []  # a record type the referrer stage does not apply (yet): nothing changes
         self.latest = max(self.latest, record.decided_at)
         if record.ucc not in self.referrers:
             return []  # no such referrer (yet): nothing to decide
