@@ -24,6 +24,7 @@ _COMMANDS = [
     ("topics", "topics"),
     ("ingest", "ingest"),
     ("worker", "worker"),
+    ("deliver", "deliver"),
     ("payouts", "payouts"),
     ("review", "review"),
     ("rules", "rules"),

@@ -15,6 +15,7 @@ NOTIFICATIONS = "notifications"
 REVIEWS = "reviews"
 REVIEW_CASES = "review-cases"
 DEAD_LETTERS = "dead-letters"
+DELIVERY_DEAD_LETTERS = "delivery-dead-letters"
 
 # Partitions bound how many workers can share the load; 8 is plenty for one programme
 # and cheap for a single-node dev broker.
@@ -77,6 +78,11 @@ class Topics:
     def dead_letters(self) -> str:
         return self._name(DEAD_LETTERS)
 
+    @property
+    def delivery_dead_letters(self) -> str:
+        """Outputs `refstream deliver` gave up on, with the last error (docs/cli.md#deliver)."""
+        return self._name(DELIVERY_DEAD_LETTERS)
+
     def specs(self, partitions: int = DEFAULT_PARTITIONS) -> list[TopicSpec]:
         return [
             TopicSpec(self.stripe_events, partitions, dict(FOREVER)),
@@ -90,6 +96,8 @@ class Topics:
             # to the partition of its ucc, next to the referrer's other commands
             TopicSpec(self.review_cases, partitions, dict(COMPACTED)),
             TopicSpec(self.dead_letters, 1, dict(FOREVER)),
+            # records a person must look at, like the dead letters above: kept until then
+            TopicSpec(self.delivery_dead_letters, 1, dict(FOREVER)),
         ]
 
 

@@ -34,6 +34,7 @@ COMMANDS = {
     "export": (["export", "--no-progress"], "Cannot export the log"),
     "replay": (["replay", "--rules", RULES, "--no-progress"], "Cannot replay the log"),
     "worker": (["worker", "--web-port", "6999"], "The worker cannot start"),  # stops before binding
+    "deliver status": (["deliver", "status"], "Cannot read the delivery status"),
 }
 
 

@@ -35,10 +35,10 @@ def test_cli_creates_both_environments_topics_and_twice_is_harmless(
     runner = CliRunner()
     first = runner.invoke(main, ["topics", "create", "--prefix", topic_prefix, "--partitions", "4"])
     assert first.exit_code == 0, first.output
-    assert first.output.count("created") == 14  # 7 per environment
+    assert first.output.count("created") == 16  # 8 per environment
     second = runner.invoke(main, ["topics", "create", "--prefix", topic_prefix, "--partitions", "4"])
     assert second.exit_code == 0, second.output
-    assert second.output.count("exists") == 14 and "created" not in second.output
+    assert second.output.count("exists") == 16 and "created" not in second.output
 
 
 async def test_topics_have_their_partitions_and_retention(bootstrap: str, topic_prefix: str) -> None:
