@@ -89,9 +89,11 @@ def records() -> list[Stored]:
     return out
 
 
-def write_export(path: Path, stored: list[Stored], topics: Topics | None = None) -> None:
-    """An export file of these records (one stripe partition), as `refstream export` lays it out."""
-    lines = [export_header(topics or Topics("sandbox"))]
+def write_export(path: Path, stored: list[Stored], topics: Topics | None = None,
+                 first_revision: bytes | None = None) -> None:
+    """An export file of these records (one stripe partition), as `refstream export` lays it
+    out; `first_revision`: the log's first rules revision, as a worker would have published it."""
+    lines = [export_header(topics or Topics("sandbox"), first_revision)]
     offsets = {True: 0, False: 0}
     for s in sorted(stored, key=lambda s: (s.timestamp_ms, s.control)):
         kind = "control" if s.control else "stripe-events"

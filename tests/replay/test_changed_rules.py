@@ -122,3 +122,36 @@ def test_table_shows_major_units_with_totals(files):
     total = next(line for line in lines if line.startswith("TOTAL")).split()
     assert total == ["TOTAL", "usd", "3", "170.00", "15.00", "155.00", "35.00", "120.00", "182.50", "-27.50"]
 
+
+
+def test_a_proposed_revision_on_top_of_the_logs_gives_the_hand_computed_deltas(tmp_path: Path) -> None:
+    """docs/replay.md#which-rules: the log's first revision is the current rules (revision 3,
+    as a worker publishes it); the proposed rules (revision 4) from 2026-03-01 on only."""
+    from schemas import control
+
+    first = control.encode(control.RulesRevision(3, 0, CURRENT_RULES, 0, "refstream-worker", "the first"))
+    log = tmp_path / "log.jsonl"
+    write_export(log, records(), first_revision=first)
+    proposed = tmp_path / "proposed.toml"
+    proposed.write_text(PROPOSED_RULES)
+    doc = orjson.loads(replay("--rules", str(proposed), "--effective-from", "2026-03-01T00:00:00Z",
+                              "--compare", "log", "--source", str(log), "--as-of", "2026-09-30T00:00:00Z",
+                              "--format", "json"))
+    # ucc_X: signup 500 and in_A1 (January: revision 3) 1000 + 2500 as before; in_A2 (paid 03-10:
+    # revision 4) 30 % = 3000; in_A3 (paid 08-10) is past revision 4's 6-month window: nothing.
+    # Earned 7000, the refund of in_A1 reverses 1250 as before: net 5750, against 7750 under the
+    # log's rules; the run of 02-15 paid 4000 either way, so payable is 3000 − 1250 = 1750.
+    # ucc_Y (everything in February: revision 3) and ucc_Z (signup bonus 500 either way): no change.
+    rows = {r["ucc"]: r for r in doc["rows"]}
+    assert (rows["ucc_X"]["earned"], rows["ucc_X"]["net"], rows["ucc_X"]["payable"]) == (7000, 5750, 1750)
+    assert [(r["ucc"], r["delta_earned"], r["delta_net"], r["delta_payable"]) for r in doc["rows"]] == [
+        ("ucc_X", -2000, -2000, -2000), ("ucc_Y", 0, 0, 0), ("ucc_Z", 0, 0, 0)]
+    assert doc["rules_used"] == (f"the log's revisions and {proposed} from 2026-03-01T00:00:00Z: "
+                                 "3 (from the start), 4 (from 2026-03-01T00:00:00Z)")
+    assert doc["compare_used"] == "the log's revisions: 3 (from the start)"
+
+
+def test_a_log_without_revisions_needs_rules_to_replay(files):
+    result = CliRunner().invoke(main, ["replay", "--no-progress", "--source", str(files["log"])])
+    assert result.exit_code == 1
+    assert "holds no rules revision" in result.output and "--rules FILE" in result.output
