@@ -63,7 +63,8 @@ async def test_a_revision_and_a_partner_assignment_published_while_webhooks_flow
     worker = await stack.start_worker()  # publishes examples/rules.toml (revision 3) as the first
     now = int(time.time())
     t0, switch = now + HOUR, now + 2 * HOUR
-    await stack.post([customer("cus_X", t0, ucc="ucc_X", user="ux"), customer("cus_P", t0, ucc="ucc_P", user="up"),
+    await stack.post([customer("cus_X", t0, ucc="ucc_X", user="ux"),
+                      customer("cus_P", t0, ucc="ucc_P", user="up"),
                       invoice_paid("in_X1", "cus_X", t0, amount_paid=4000),
                       invoice_paid("in_P1", "cus_P", t0, amount_paid=4000)])
     v4 = revision_4(tmp_path)
@@ -120,8 +121,8 @@ async def test_a_revision_and_a_partner_assignment_published_while_webhooks_flow
     assert past.returncode == 1 and "never re-prices" in past.stderr and "--compare log" in past.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text(v5.read_text().replace("reward_percent = 20", "reward_percent = 250"))
-    invalid = stack.cli("rules", "publish", str(bad), "--effective-from", str(switch + 86400), "--reason", "x",
-                        check=False)
+    invalid = stack.cli("rules", "publish", str(bad), "--effective-from", str(switch + 86400),
+                        "--reason", "x", check=False)
     assert invalid.returncode == 1 and "reward_percent" in invalid.stderr and "bad.toml:" in invalid.stderr
     unknown = stack.cli("referrers", "assign", "ucc_X", "--campaign", "vip", "--reason", "x", check=False)
     assert unknown.returncode == 1 and "no campaign 'vip'" in unknown.stderr and "partners" in unknown.stderr
