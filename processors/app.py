@@ -113,6 +113,7 @@ class WorkerApp(faust.App):
     def _new_consumer(self) -> faust.types.ConsumerT:
         consumer = super()._new_consumer()
         handoff.install(consumer)
+        handoff.install_rewind(consumer)
         thread = consumer._thread  # type: ignore[attr-defined]
         create_worker_consumer = thread._create_worker_consumer
 

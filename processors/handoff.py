@@ -13,13 +13,38 @@ while fetched records waited for seconds: docs/pipeline.md, "Steady state").
 nothing else happens. If it has to wait, the rest of it runs under faust's own
 `wait_first`, so a suspension of the flow abandons it exactly as before; a hand-off
 attempted while the flow is suspended goes to `wait_first` as before, untouched.
+
+`install_rewind(consumer)` makes the consumer fetch again what faust fetched and then
+dropped before the hand-off. faust's `Consumer.getmany` drops the rest of a fetch when
+the flow stops or the generation changes, and drops the records of a partition that is
+not active (paused) when its records come out, although the consumer thread has already
+moved the partition's position past them. faust counts on a later seek to the committed
+offsets to fetch them again, but aiokafka's `seek_to_committed` leaves a partition that
+has no committed offset yet where it is: that partition's first records were never
+fetched again, and the next commit went past them (faust's check for a hole at the head
+of a partition only runs once an offset is committed). Right after a rebalance, the
+consumer thread sees every newly assigned partition as active until faust pauses it for
+the recovery, so a fetch that completes in that moment lost a new partition's first
+webhooks (docs/pipeline.md, "Records missing in a handover"). Now, when a fetch is done
+with, each partition whose records were not all handed over is put back to the first
+one it dropped, before the next fetch, unless its position is already there or further
+back (faust sought it to the committed offset, or a new assignment starts there).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import logging
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.errors import IllegalStateError
+
+log = logging.getLogger("refstream.worker.consumer")
+
+# How long a put-back waits for a partition's position (a new assignment looks it up).
+POSITION_WAIT_S = 5.0
 
 
 async def _finish(handoff: Coroutine[Any, Any, Any], waiting_on: Any) -> Any:
@@ -72,3 +97,59 @@ def install(consumer: Any) -> None:
         return await service_wait_first(_finish(handoff, waiting_on), suspended)
 
     consumer.wait_first = wait_first
+
+
+async def _put_back(kafka_consumer: Any, dropped: dict[Any, int]) -> None:
+    """On the consumer thread: move each partition that is still assigned back to its first
+    dropped offset, unless its position is already there or further back (a seek to the
+    committed offset, or a new assignment that starts from it)."""
+    for tp, offset in dropped.items():
+        atp = TopicPartition(tp.topic, tp.partition)
+        try:
+            if atp not in kafka_consumer.assignment():
+                continue  # revoked: its next owner starts from the committed offset
+            position = await asyncio.wait_for(kafka_consumer.position(atp), POSITION_WAIT_S)
+            if offset < position:
+                kafka_consumer.seek(atp, offset)
+                log.info("fetched records the streams did not take are fetched again",
+                         extra={"topic": atp.topic, "partition": atp.partition, "offset": offset,
+                                "position": position})
+        except (IllegalStateError, TimeoutError):
+            # revoked meanwhile, or a new assignment still looking up where to start: it
+            # starts from the committed offset, at or before what was dropped
+            continue
+
+
+def install_rewind(consumer: Any) -> None:
+    """Wrap `consumer.getmany` so that records it fetched but did not hand over are
+    fetched again (see the module docstring)."""
+    fetch = consumer._wait_next_records
+    getmany = consumer.getmany
+    fetched: dict[Any, list[Any]] = {}  # the records of the fetch being handed over
+
+    async def wait_next_records(timeout: float) -> Any:
+        records, active = await fetch(timeout)
+        fetched.clear()
+        if records:
+            fetched.update(records)
+        return records, active
+
+    async def getmany_and_rewind(timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        handed: dict[Any, int] = {}
+        async for tp, message in getmany(timeout):
+            handed[tp] = message.offset
+            yield tp, message
+        dropped: dict[Any, int] = {}
+        for tp, records in fetched.items():
+            last = handed.get(tp)
+            first = next((r.offset for r in records if last is None or r.offset > last), None)
+            if first is not None:
+                dropped[tp] = first
+        fetched.clear()
+        if dropped:
+            # before the next fetch, so nothing after them is handed over first
+            thread = consumer._thread
+            await thread.call_thread(_put_back, thread._ensure_consumer(), dropped)
+
+    consumer._wait_next_records = wait_next_records
+    consumer.getmany = getmany_and_rewind
