@@ -28,7 +28,8 @@ the recovery, so a fetch that completes in that moment lost a new partition's fi
 webhooks (docs/pipeline.md, "Records missing in a handover"). Now, when a fetch is done
 with, each partition whose records were not all handed over is put back to the first
 one it dropped, before the next fetch, unless its position is already there or further
-back (faust sought it to the committed offset, or a new assignment starts there).
+back (faust sought it to the committed offset, or a new assignment starts there). Table
+changelog partitions are left alone: a recovery seeks them to where the table is.
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ def install_rewind(consumer: Any) -> None:
             yield tp, message
         dropped: dict[Any, int] = {}
         for tp, records in fetched.items():
+            if consumer._is_changelog_tp(tp):
+                continue  # a table's recovery seeks its changelog partitions itself
             last = handed.get(tp)
             first = next((r.offset for r in records if last is None or r.offset > last), None)
             if first is not None:

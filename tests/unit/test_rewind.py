@@ -123,6 +123,19 @@ async def test_a_revoked_partition_is_left_to_its_next_owner(app: WorkerApp) -> 
     assert kafka.seeks == []
 
 
+async def test_a_table_changelog_is_left_to_the_recovery(app: WorkerApp) -> None:
+    # faust pauses changelogs once a table is recovered, and seeks them itself when it
+    # recovers again; what a fetch brought of them after that is not needed
+    changelog = app.Table("referrers", partitions=2).changelog_topic.get_topic_name()
+    c = TP(changelog, 1)
+    kafka = KafkaConsumer({TopicPartition(*A): 3, TopicPartition(*c): 4})
+    consumer = fake_thread(app, kafka, {A: records(A, range(0, 3)), c: records(c, range(0, 4))})
+    consumer._active_partitions = {A, c}
+    got = await handed_over(consumer, after_first=lambda: consumer.pause_partitions({c}))
+    assert got == [(A, 0), (A, 1), (A, 2)]
+    assert kafka.seeks == []
+
+
 async def test_a_fetch_handed_over_whole_moves_nothing(app: WorkerApp) -> None:
     kafka = KafkaConsumer({TopicPartition(*A): 3, TopicPartition(*B): 2})
     consumer = fake_thread(app, kafka, {A: records(A, range(0, 3)), B: records(B, range(0, 2))})
