@@ -17,7 +17,11 @@ COPY processors ./processors
 COPY projections ./projections
 COPY schemas ./schemas
 COPY examples ./examples
-RUN pip install . \
+# the pure core compiled with mypyc (docs/performance.md#compiled-core); if that fails the
+# image runs it interpreted, with the same results
+RUN pip install . mypy==2.4.1 \
+    && (python -m schemas.compile_core build || echo "running the interpreted core") \
+    && pip uninstall -y mypy \
     && useradd --system --uid 10001 --home-dir /app refstream \
     && mkdir -p /data && chown refstream /data
 

@@ -14,7 +14,14 @@ $(BIN)/refstream: pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
 	touch $@
 
-install: $(BIN)/refstream
+# The pure core compiled with mypyc (docs/performance.md#compiled-core), rebuilt when a
+# source changes; if compiling fails, refstream runs interpreted: same results, slower.
+CORE := $(shell grep -o '"[a-z_]*/[a-z_]*\.py"' schemas/_compiled.py | tr -d '"')
+.cache/compiled/manifest.json: $(CORE) | $(BIN)/refstream
+	@$(BIN)/python -m schemas.compile_core build || \
+		echo "refstream: compiling the core failed (see above): it runs interpreted, with the same results"
+
+install: $(BIN)/refstream .cache/compiled/manifest.json
 
 # Broker, ingest and worker on 127.0.0.1, then the demo; Ctrl-C stops everything.
 demo: install

@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from processors import invoice_link, referral, referrer
 from processors.invoice_link import InvoiceLinkState
 from processors.referral import CustomerState
@@ -53,6 +55,7 @@ def route_stripe_event(event: StripeEvent) -> list[Routed]:
     return [Routed(CUSTOMER, customer, event)]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests wrap it (tests/unit/test_state_codec.py)
 class Engine:
     """All stage states in memory; `feed_*` return the output records in the order made."""
 
@@ -114,11 +117,17 @@ class Engine:
             return []
         if isinstance(record, control.CampaignAssignment):
             return self._run([Routed(REFERRER, record.ucc, record)])
-        if not isinstance(record, control.ReviewDecision):
-            return []  # a record type the referrer stage does not apply (yet): nothing changes
-        self.latest = max(self.latest, record.decided_at)
+        if isinstance(record, control.LedgerAdjustment):
+            self.latest = max(self.latest, record.at)
+            return self._run([Routed(REFERRER, record.ucc, record)])  # a referrer may start with one
+        if isinstance(record, control.PayoutOutcome):
+            self.latest = max(self.latest, record.at)
+        elif isinstance(record, control.ReviewDecision):
+            self.latest = max(self.latest, record.decided_at)
+        else:
+            return []  # a referrer's payout account: for `payouts execute`, not the ledger
         if record.ucc not in self.referrers:
-            return []  # no such referrer (yet): nothing to decide
+            return []  # no such referrer (yet): nothing to decide or pay back
         return self._run([Routed(REFERRER, record.ucc, record)])
 
     def _run(self, first: Iterable[Routed]) -> list[Routed]:
