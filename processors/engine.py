@@ -65,6 +65,9 @@ class Engine:
         (docs/rules.md#revisions); False for a what-if replay that replaces them all."""
         self.book = rules if isinstance(rules, RuleBook) else RuleBook.of(rules)
         self.follow_log = follow_log
+        # parallel replay (projections/parallel.py): what the referrer stage would fold goes
+        # here, in the order it would be folded, instead of being folded in this process
+        self.referrer_sink: Callable[[str, Any], None] | None = None
         self.customers: dict[str, CustomerState] = {}
         self.invoices: dict[str, InvoiceLinkState] = {}
         self.referrers: dict[str, ReferrerState] = {}
@@ -93,6 +96,10 @@ class Engine:
         customers = self.customers
         customers[customer], produced = referral.step(customers.get(customer), event, self.book)
         return self._run(produced) if produced else []
+
+    def feed_referrer(self, ucc: str, record: Any) -> list[Routed]:
+        """Fold one record of the referrer stage (a shard of a parallel replay)."""
+        return self._run([Routed(REFERRER, ucc, record)])
 
     def feed_control(self, raw: bytes) -> list[Routed]:
         """Decode (raises ControlDecodeError) and apply one control record."""
@@ -140,8 +147,13 @@ class Engine:
             INVOICE: (invoice_link.step, self.invoices),
             REFERRER: (referrer.step, self.referrers),
         }
+        sink = self.referrer_sink
         while queue:
             r = queue.popleft()
+            if sink is not None and r.dest == REFERRER:
+                if not isinstance(r.record, control.ControlRecord):  # the shards take those themselves
+                    sink(r.key, r.record)
+                continue
             stage = stages.get(r.dest)
             if stage is None:
                 if r.dest not in OUTPUTS:

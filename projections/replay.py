@@ -129,8 +129,12 @@ def fold(
     *,
     as_of: int | None = None,
     progress: Callable[[int], None] | None = None,
+    jobs: int = 1,
+    memory: list[float] | None = None,
 ) -> Report:
-    """Folds the whole log under `rules` and under `compare`; payable is reported as of
+    """Folds the whole log under `rules` and under `compare`; with `jobs` > 1 the referrer
+    stage of the `rules` fold runs in `jobs` − 1 more processes (projections/parallel.py),
+    with the same result; `memory` gets each process's peak RSS in MiB; payable is reported as of
     `as_of` (Unix seconds; default: the latest event time in the log), the way the worker
     answers `GET /referrers/{ucc}?as_of=`.
 
@@ -144,6 +148,8 @@ def fold(
     compare_used: str | None = None
     compare_revision = 0
     with cyclic_gc_paused():
+        if jobs > 1:
+            return _fold_parallel(batches, rules, compare, as_of, progress, jobs, memory)
         if compare is not None and isinstance(batches, (FileSource, KafkaSource)):
             with CompareFold(batches, compare) as other:
                 counts, engines = _feed(batches, [rules], progress)
@@ -167,6 +173,48 @@ def fold(
             compare_used=None if compare is None else f"{compare.label}: {compare_used}",
             as_of=at, stripe_events=stripe, control_events=control, skipped=skipped,
         )
+
+
+def _fold_parallel(batches: Iterable[list[LogRecord]], rules: RuleSpec, compare: RuleSpec | None,
+                   as_of: int | None, progress: Callable[[int], None] | None, jobs: int,
+                   memory: list[float] | None) -> Report:
+    from projections.parallel import Shards, feed_parallel, peak_rss_mib
+
+    engine = Engine(rules.book, follow_log=rules.follow_log)
+    shards = Shards(jobs - 1, rules.book, rules.follow_log)  # forked before anything is read
+    compared: dict[tuple[str, str], Figures] | None = None
+    compare_used: str | None = None
+    compare_revision = 0
+    try:
+        if compare is not None and isinstance(batches, (FileSource, KafkaSource)):
+            with CompareFold(batches, compare) as other:
+                counts = feed_parallel(batches, engine, shards, progress)
+                at = as_of if as_of is not None else engine.latest
+                compared, compare_used, compare_revision = other.figures(at, counts, engine.latest)
+        else:
+            if compare is not None:
+                batches = list(batches)  # in-memory batches: folded twice, the compare fold here
+            counts = feed_parallel(batches, engine, shards, progress)
+            at = as_of if as_of is not None else engine.latest
+            if compare is not None:
+                _, (compare_engine,) = _feed(batches, [compare], None)
+                compared = figures_of(compare_engine, at)
+                compare_used = revisions_used(compare_engine)
+                compare_revision = compare_engine.book.at(at).revision
+        mine, shard_rss = shards.figures(at)
+    finally:
+        shards.close()
+    if memory is not None:
+        memory[:] = [peak_rss_mib(), *shard_rss]
+    stripe, control, skipped = counts
+    return build_report(
+        mine, compared,
+        rules_revision=engine.book.at(at).revision,
+        compare_revision=None if compare is None else compare_revision,
+        rules_used=f"{rules.label}: {revisions_used(engine)}",
+        compare_used=None if compare is None else f"{compare.label}: {compare_used}",
+        as_of=at, stripe_events=stripe, control_events=control, skipped=skipped,
+    )
 
 
 def _feed(

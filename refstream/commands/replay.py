@@ -7,6 +7,7 @@ exit code 1, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -147,6 +148,9 @@ def write_out(data: str | bytes, out: Path | None) -> None:
                    "in one self-contained HTML file (opens offline, can be mailed).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Processes for the fold: the referrer stage runs in N − 1 of them [default: the "
+                   "number of cores]. The report is the same for every N.")
 @click.option("--topic-prefix", default="refstream", show_default=True, hidden=True,
               help="Topic name prefix (tests and benchmarks use a private one).")
 def replay(
@@ -159,6 +163,7 @@ def replay(
     out: Path | None,
     html_path: Path | None,
     progress: bool | None,
+    jobs: int | None,
     topic_prefix: str,
 ) -> None:
     """Fold the stripe-events and control logs and report, per referrer and currency:
@@ -204,7 +209,9 @@ def replay(
     compare = spec_of(compare_path, None) if compare_path is not None else None
     bar = Progress(src, "replay", progress)  # type: ignore[arg-type]
     try:
-        result = fold(src, rules, compare, as_of=as_of, progress=bar)  # type: ignore[arg-type]
+        memory: list[float] = []
+        result = fold(src, rules, compare, as_of=as_of, progress=bar,  # type: ignore[arg-type]
+                      jobs=jobs or os.cpu_count() or 1, memory=memory)
     except SourceError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -217,6 +224,10 @@ def replay(
         write_out(rep.to_table(result), out)
     if html_path is not None:
         write_out(rep.to_html(result, shown), html_path)
+    if len(memory) > 1:
+        click.echo("peak memory per job: " + ", ".join(
+            f"{'main' if i == 0 else f'referrers {i}/{len(memory) - 1}'} {mib:,.0f} MiB"
+            for i, mib in enumerate(memory)), err=True)
     if out is not None or html_path is not None:
         click.echo(
             f"replayed {result.stripe_events:,} stripe events and {result.control_events:,} control "

@@ -1,0 +1,150 @@
+"""`refstream replay --jobs N`: the referrer stage of the fold in N − 1 more processes.
+
+The fold is a pipeline: this process parses the log and folds the customer and invoice
+stages exactly as `Engine` does, in log order; every record the referrer stage would fold
+goes, in the very order `Engine` would fold it, to the process that owns its referrer
+(referrers partitioned by ucc, as the workers partition them). Control records go to the
+owner of their ucc, or to every shard when they name none (payout runs, rules revisions).
+The referrer stage never sends anything back, so each referrer sees exactly the sequence it
+sees in one process: the figures, and so every report, are byte-identical to `--jobs 1`
+(tests/replay/test_parallel_replay.py).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import pickle
+import resource
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from processors.delivery import murmur2_partition
+from processors.engine import Engine
+from projections.logsource import LogRecord
+from projections.report import Figures
+from schemas import control, events
+from schemas.stripe import parse_event
+from schemas.topics import STRIPE_EVENTS, marker_offset, placed_offset
+
+FLUSH = 2000  # records per message to a shard
+
+
+def peak_rss_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _serve_shard(conn: multiprocessing.connection.Connection, book: Any, follow_log: bool) -> None:
+    """A referrer shard: folds what it is sent until told the "as of", then answers figures."""
+    import gc
+
+    from projections.replay import figures_of
+
+    gc.disable()  # as in `fold`: the states have no reference cycles
+    engine = Engine(book, follow_log=follow_log)
+    feed_referrer, feed_control = engine.feed_referrer, engine.feed_control_record
+    while True:
+        message = pickle.loads(conn.recv_bytes())
+        if message[0] == "as_of":
+            conn.send_bytes(pickle.dumps((figures_of(engine, message[1]), peak_rss_mib()),
+                                         protocol=pickle.HIGHEST_PROTOCOL))
+            return
+        for ucc, raw, is_control in message[1]:
+            if is_control:
+                feed_control(control.decode(raw))
+            else:
+                feed_referrer(ucc, events.decode(raw))
+
+
+class Shards:
+    """N referrer shards in child processes; `send` batches per shard."""
+
+    def __init__(self, n: int, book: Any, follow_log: bool) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.n = n
+        self.pipes: list[multiprocessing.connection.Connection] = []
+        self.procs = []
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve_shard, args=(child, book, follow_log), daemon=True)
+            proc.start()
+            child.close()
+            self.pipes.append(parent)
+            self.procs.append(proc)
+        self.pending: list[list[tuple[str, bytes, bool]]] = [[] for _ in range(n)]
+
+    def shard_of(self, ucc: str) -> int:
+        return murmur2_partition(ucc.encode(), self.n) if self.n > 1 else 0
+
+    def referrer(self, ucc: str, record: Any) -> None:
+        i = self.shard_of(ucc)
+        self.pending[i].append((ucc, events.encode(record), False))
+        if len(self.pending[i]) >= FLUSH:
+            self._flush(i)
+
+    def control(self, record: control.ControlRecord) -> None:
+        raw = control.encode(record)
+        ucc = getattr(record, "ucc", None)
+        for i in ([self.shard_of(ucc)] if isinstance(ucc, str) else range(self.n)):
+            self.pending[i].append(("", raw, True))
+            if len(self.pending[i]) >= FLUSH:
+                self._flush(i)
+
+    def _flush(self, i: int) -> None:
+        if self.pending[i]:
+            message = pickle.dumps(("records", self.pending[i]), protocol=pickle.HIGHEST_PROTOCOL)
+            self.pipes[i].send_bytes(message)
+            self.pending[i] = []
+
+    def figures(self, as_of: int) -> tuple[dict[tuple[str, str], Figures], list[float]]:
+        for i in range(self.n):
+            self._flush(i)
+            self.pipes[i].send_bytes(pickle.dumps(("as_of", as_of)))
+        merged: dict[tuple[str, str], Figures] = {}
+        rss: list[float] = []
+        for pipe in self.pipes:
+            figures, peak = pickle.loads(pipe.recv_bytes())
+            merged.update(figures)
+            rss.append(peak)
+        return merged, rss
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            pipe.close()
+        for proc in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+
+
+def feed_parallel(
+    batches: Iterable[list[LogRecord]], engine: Engine, shards: Shards,
+    progress: Callable[[int], None] | None,
+) -> tuple[int, int, int]:
+    """`replay._feed` with the referrer stage in `shards`; returns (stripe, control, skipped)."""
+    from projections.replay import UNREADABLE
+
+    engine.referrer_sink = shards.referrer
+    stripe = control_count = skipped = 0
+    feed_event, feed_control = engine.feed_event, engine.feed_control_record
+    for batch in batches:
+        for rec in batch:
+            key = rec.key
+            if key is not None and key[:1] == b"\x00" and (
+                marker_offset(key) is not None or placed_offset(key) is not None
+            ):
+                continue  # where a control event takes effect: the merge has placed it already
+            try:
+                if rec.kind == STRIPE_EVENTS:
+                    stripe += 1
+                    feed_event(parse_event(rec.value))
+                else:
+                    control_count += 1
+                    record = control.decode(rec.value)
+                    feed_control(record)  # this process's rule book and latest time
+                    shards.control(record)
+            except UNREADABLE:
+                skipped += 1
+        if progress is not None:
+            progress(len(batch))
+    return stripe, control_count, skipped
