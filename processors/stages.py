@@ -238,9 +238,13 @@ class Stage:
         if state is None and not store_new:
             return []  # a control event for a referrer with nothing: nothing to keep
         new, routed = self.step(state, record, self.book(store, partition))
+        self.counters.processed += 1
+        if new is state and not routed:
+            # the rule that owns the record changed nothing: no table write (a replay of it
+            # after a crash steps it to the same nothing)
+            return routed
         store.put(key, new)
         env.mark(mid)
-        self.counters.processed += 1
         return routed
 
     def route(self, routed: Iterable[Routed], source: MessageId, partition: int,
@@ -386,7 +390,8 @@ class ReferrerStage(Stage):
 
     def on_complete(self, store: Store, partition: int, k: int, value: bytes) -> list[Out]:
         """The control event takes effect here: a payout run for every referrer this
-        partition owns (in ucc order), a decision for its referrer if this partition owns it."""
+        partition owns (in ucc order); a decision, an assignment, a payout's outcome or an
+        adjustment for its referrer if this partition owns it."""
         try:
             record = control.decode(value)
         except control.ControlDecodeError:
@@ -397,17 +402,21 @@ class ReferrerStage(Stage):
             return []
         if isinstance(record, control.PayoutRun):
             uccs = sorted(u for u in store.state_keys() if murmur2_partition(u.encode(), n) == partition)
-        elif isinstance(record, control.ReviewDecision | control.CampaignAssignment):
+        elif isinstance(record, control.ReviewDecision | control.CampaignAssignment | control.PayoutOutcome
+                        | control.LedgerAdjustment):
             uccs = [record.ucc] if murmur2_partition(record.ucc.encode(), n) == partition else []
         else:
-            return []
+            return []  # a referrer's payout account: for `payouts execute`, not the ledger
         mid = MessageId.of_record(self.w.control, 0, k)
         outs: list[Out] = []
         for j, ucc in enumerate(uccs):
             fake = Incoming(self.w.control, 0, k, ucc.encode(), value, ())
             try:
+                # an assignment or an adjustment may come before the referrer's first signup;
+                # a decision or an outcome for a referrer with nothing changes nothing
                 produced = self.apply(store, ucc, mid, record, partition=partition,
-                                      store_new=isinstance(record, control.CampaignAssignment))
+                                      store_new=isinstance(record, control.CampaignAssignment
+                                                           | control.LedgerAdjustment))
             except Exception as exc:
                 outs += self.dead_letter(fake, f"referrer stage failed for {ucc}: {exc!r}")
                 continue
