@@ -1,10 +1,14 @@
 """Stage "referrer" (key: ucc): referrals, bonuses, caps, rewards, reversals, review cases,
-the ledger per currency and payout runs (docs/rules.md).
+the ledger per currency, payout runs and their outcomes, manual adjustments (docs/rules.md).
 
-One `step` folds one message (a domain event from stage "customer", a payout run or a
-review decision) into the referrer's frozen state and returns the output records it
-caused (docs/cli.md#output-records). Every id is `fact_id(...)` of the facts, so the same
-history gives the same ids.
+One `step` folds one message (a domain event from stage "customer", or a control record:
+a payout run, a review decision, a payout's outcome, an adjustment…) into the referrer's
+frozen state and returns the output records it caused (docs/cli.md#output-records). Every
+id is `fact_id(...)` of the facts, so the same history gives the same ids.
+
+Each step also writes the lines of the referrer's history (`Line`, `history()`): every fact
+that changed the referrer and every cent it moved, with its source, which is what
+`refstream audit` and the worker's `/referrers/{ucc}/history` show.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from schemas.commands import (
     LATE_ATTRIBUTION,
     NEW_SIGNUP,
     PAYOUT_CREATED,
+    PAYOUT_FAILED,
+    PAYOUT_RETURNED,
     RECURRING_REWARDS_CANCELLED,
     REWARD_EARNED,
     REWARD_REVERSED,
@@ -34,7 +40,15 @@ from schemas.commands import (
     case_state_id,
     fact_id,
 )
-from schemas.control import CampaignAssignment, PayoutRun, ReviewDecision
+from schemas.control import (
+    FAILED,
+    PAID,
+    CampaignAssignment,
+    LedgerAdjustment,
+    PayoutOutcome,
+    PayoutRun,
+    ReviewDecision,
+)
 from schemas.events import (
     CASES,
     NOTIFICATIONS,
@@ -52,7 +66,8 @@ from schemas.events import (
 )
 from schemas.rules import RuleBook, Rules
 
-ReferrerMessage = ReferrerEvent | PayoutRun | ReviewDecision | CampaignAssignment
+ReferrerMessage = (ReferrerEvent | PayoutRun | ReviewDecision | CampaignAssignment | PayoutOutcome
+                   | LedgerAdjustment)
 
 # PaymentRecord.status
 PENDING = "pending"  # only refunds seen so far
@@ -76,11 +91,54 @@ class Entry(NamedTuple):
     """A ledger line not yet paid: positive (earned) or negative (a reversal)."""
 
     entry_id: str
-    referral_id: str
+    referral_id: str  # "" for the referrer's own entries: adjustments, payouts paid again
     payment_id: str | None  # None: the signup bonus, or a reversal of an unlinked refund
     currency: str
     amount: int
     payable_at: int  # earned time + hold_days (positive); the reversal's time (negative)
+
+
+class Line(NamedTuple):
+    """One line of a referrer's history (docs/rules.md#audit-trail): a fact that changed the
+    referrer, and the money it moved."""
+
+    at: int  # the time of the fact
+    kind: str  # LINE_KINDS
+    source: str  # the Stripe event id, or the control record's id
+    amount: int  # signed effect on what the referrer is owed (net − paid); 0 for a fact alone
+    currency: str | None
+    ref: str | None  # what it is about: a payment, case, payout or adjustment id
+    note: str
+
+
+# Line.kind → which summary figure its amount moves (docs/rules.md#audit-trail): earned
+# by +amount, reversed by −amount, paid by −amount; a kind not here moves no figure
+# (an adjustment moves earned or reversed by its sign).
+FIGURES = {
+    "signup": "earned", "purchase_bonus": "earned", "reward": "earned", "voided": "earned",
+    "reversal": "reversed", "dispute_reversal": "reversed", "reversal_voided": "reversed",
+    "payout": "paid", "payout_failed": "paid", "payout_returned": "paid",
+}
+LINE_KINDS = (
+    "signup", "purchase_bonus", "reward", "payment_ineligible", "reversal",
+    "dispute", "dispute_reversal", "subscription_ended", "case_opened", "case_approved",
+    "case_rejected", "case_linked", "voided", "reversal_voided", "campaign_assigned", "payout",
+    "payout_paid", "payout_failed", "payout_returned", "adjustment",
+)
+
+
+class PayoutRecord(NamedTuple):
+    """A payout the referrer was paid, and what became of it (docs/rules.md#the-payout-lifecycle)."""
+
+    run_id: str
+    currency: str
+    amount: int
+    made_at: int  # the run's requested_at
+    status: str  # PAYOUT_PENDING, or the outcome's: paid, failed, returned
+    reference: str  # the outcome's (a transfer id, the operator's reference)
+
+
+PAYOUT_PENDING = "pending"
 
 
 class ChargeRefund(NamedTuple):
@@ -109,6 +167,7 @@ class ReferralState(NamedTuple):
     payments: dict[str, PaymentRecord]
     open_cases: tuple[str, ...]
     entries: tuple[Entry, ...]  # unpaid, not voided, in the order they were made
+    lines: tuple[Line, ...] = ()  # the referral's history
 
 
 class DisputeState(NamedTuple):
@@ -147,6 +206,9 @@ class ReferrerState(NamedTuple):
     # (effective from, campaign name), oldest first: the referrer's campaign assignments
     campaigns: tuple[tuple[int, str], ...]
     disputes: dict[str, DisputeState]  # by dispute id
+    payouts: dict[str, PayoutRecord]  # by payout id
+    ledger: tuple[Entry, ...]  # the referrer's own unpaid entries (referral_id ""), in order
+    lines: tuple[Line, ...]  # the referrer's own history: payouts, outcomes, adjustments…
 
 
 # Building a NamedTuple with `tuple.__new__` skips the generated `__new__` and `_replace`'s
@@ -158,7 +220,8 @@ _new = tuple.__new__
 def _referral(r: ReferralState, *, purchase_bonus_granted: bool | None = None,
               paid_any: bool | None = None, gross: dict[str, int] | None = None,
               payments: dict[str, PaymentRecord] | None = None,
-              entries: tuple[Entry, ...] | None = None) -> ReferralState:
+              entries: tuple[Entry, ...] | None = None,
+              lines: tuple[Line, ...] | None = None) -> ReferralState:
     """`r._replace(...)` for the fields the hot steps change (None: unchanged)."""
     return _new(ReferralState, (
         r.referral_id, r.signed_up_at, r.rejected,
@@ -168,15 +231,16 @@ def _referral(r: ReferralState, *, purchase_bonus_granted: bool | None = None,
         r.payments if payments is None else payments,
         r.open_cases,
         r.entries if entries is None else entries,
+        r.lines if lines is None else lines,
     ))
 
 
 def empty_state(ucc: str) -> ReferrerState:
-    return ReferrerState(ucc, {}, {}, {}, {}, {}, (), (), {})
+    return ReferrerState(ucc, {}, {}, {}, {}, {}, (), (), {}, {}, (), ())
 
 
 def unpaid_entries(state: ReferrerState) -> list[Entry]:
-    return [e for r in state.referrals.values() for e in r.entries]
+    return [e for r in state.referrals.values() for e in r.entries] + list(state.ledger)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +278,10 @@ class _Tx:
         self.paid = s.paid
         self.cases = s.cases
         self.runs = s.runs
+        self.payouts = s.payouts
+        self.ledger = s.ledger
+        # history lines made by this step, by referral id ("": the referrer's own)
+        self.lines: dict[str, list[Line]] = {}
         self.out: list[Routed] = []
         self._state = s
 
@@ -242,23 +310,59 @@ class _Tx:
             self.cases = dict(self.cases)
         return self.cases
 
+    def w_payouts(self) -> dict[str, PayoutRecord]:
+        if self.payouts is self._state.payouts:
+            self.payouts = dict(self.payouts)
+        return self.payouts
+
     def done(self) -> tuple[ReferrerState, list[Routed]]:
+        lines = self.lines
         for rid, new in self.added.items():
+            if not rid:
+                self.ledger = self.ledger + tuple(new)
+                continue
             r = self.referrals[rid]
-            self.put(rid, _referral(r, entries=r.entries + tuple(new)))
+            made = lines.pop(rid, None)
+            self.put(rid, _referral(r, entries=r.entries + tuple(new),
+                                    lines=r.lines + tuple(made) if made else None))
+        own = self._state.lines
+        for rid, made in lines.items():
+            if not rid:
+                own = own + tuple(made)
+                continue
+            r = self.referrals[rid]
+            self.put(rid, _referral(r, lines=r.lines + tuple(made)))
         return ReferrerState(
             self.ucc, self.referrals, self.earned, self.reversed, self.paid, self.cases, self.runs,
-            self.campaigns, self.disputes,
+            self.campaigns, self.disputes, self.payouts, self.ledger, own,
         ), self.out
+
+    def line(self, referral_id: str, at: int, kind: str, source: str, amount: int = 0,
+             currency: str | None = None, ref: str | None = None, note: str = "") -> None:
+        """A line of the history of the referral (or, with "", of the referrer itself)."""
+        made = _new(Line, (at, kind, source, amount, currency, ref, note))
+        known = self.lines.get(referral_id)
+        if known is None:
+            self.lines[referral_id] = [made]
+        else:
+            known.append(made)
 
     # --- building blocks ---
 
-    def add_entry(self, e: Entry) -> None:
+    def add_entry(self, e: Entry, kind: str | None, source: str = "", at: int = 0, note: str = "",
+                  counts: bool = True) -> None:
+        """A new unpaid entry and, unless `kind` is None (the caller writes one line for
+        several entries), its history line. `counts`: it is earned (positive) or reversed
+        (negative); False for a payout paid again, which was earned before."""
         added = self.added.get(e.referral_id)
         if added is None:
             self.added[e.referral_id] = [e]
         else:
             added.append(e)
+        if kind is not None:
+            self.line(e.referral_id, at, kind, source, e.amount, e.currency, e.payment_id or e.entry_id, note)
+        if not counts:
+            return
         if e.amount > 0:
             earned = self.w_earned()
             earned[e.currency] = earned.get(e.currency, 0) + e.amount
@@ -273,7 +377,7 @@ class _Tx:
         )))
 
     def open_case(self, kind: str, case_id: str, ref: ReferralState, details: dict[str, object],
-                  at: int, held: Payment | None = None, refund: UnlinkedRefund | None = None
+                  at: int, source: str, held: Payment | None = None, refund: UnlinkedRefund | None = None
                   ) -> ReferralState:
         if case_id in self.cases:
             return ref
@@ -281,6 +385,7 @@ class _Tx:
         self.out.append(Routed(REVIEWS, self.ucc, ReviewCase(
             case_id, kind, self.ucc, ref.referral_id, details, at,
         )))
+        self.line(ref.referral_id, at, "case_opened", source, 0, None, case_id, kind)
         self.case_state(case_id, case, OPEN, None, None)
         ref = ref._replace(open_cases=(*ref.open_cases, case_id))
         self.put(ref.referral_id, ref)
@@ -345,11 +450,11 @@ def step(
             tx = _Tx(state, book)
             _open_waiting_refunds(tx, message)
             state, opened = tx.done()
-        payable = _payable(state.referrals, None, message.as_of, _disputed(state.disputes))
+        payable = _payable(state.referrals, None, message.as_of, _disputed(state.disputes), state.ledger)
         if not payable:
             return _new(ReferrerState, (state.ucc, state.referrals, state.earned, state.reversed, state.paid,
                                         state.cases, (*state.runs, message.run_id), state.campaigns,
-                                        state.disputes)), opened
+                                        state.disputes, state.payouts, state.ledger, state.lines)), opened
         tx = _Tx(state, book)
         tx.price(message.as_of)  # min_payout and the revision the commands carry
         _on_payout_run(tx, message, payable)
@@ -374,6 +479,10 @@ def step(
         _on_assignment(tx, message)
     elif isinstance(message, DisputeChanged):
         _on_dispute(tx, message)
+    elif isinstance(message, PayoutOutcome):
+        _on_outcome(tx, message)
+    elif isinstance(message, LedgerAdjustment):
+        _on_adjustment(tx, message)
     return tx.done()
 
 
@@ -384,11 +493,14 @@ def _on_signup(tx: _Tx, m: Signup) -> None:
     rules = tx.price(m.signed_up_at)
     currency = rules.currency
     bonus = _cut(rules.signup_bonus, tx.room(ref, currency, True))
+    # one line: the signup and its bonus (if any)
+    tx.line(m.referral_id, m.signed_up_at, "signup", m.event_id, bonus, currency if bonus > 0 else None,
+            m.customer_id)
     if bonus > 0:
         tx.add_entry(Entry(
             fact_id("signup_bonus", tx.ucc, m.referral_id), m.referral_id, None, currency, bonus,
             m.signed_up_at + rules.hold_days * DAY,
-        ))
+        ), None)
         ref = ref._replace(gross={currency: bonus})
     tx.put(m.referral_id, ref)
     tx.notify(NEW_SIGNUP, fact_id(NEW_SIGNUP, tx.ucc, m.referral_id), m.referral_id, currency, bonus,
@@ -413,6 +525,8 @@ def _on_payment(tx: _Tx, p: Payment) -> None:
     if ref.rejected or not (ref.signed_up_at <= p.created < window_end):
         tx.put(p.referral_id, _with_payment(ref, p.payment_id, PaymentRecord(
             INELIGIBLE, p.currency, refunds=refunds)))
+        tx.line(p.referral_id, p.earned_at, "payment_ineligible", p.event_id, 0, None, p.payment_id,
+                "referral rejected" if ref.rejected else "outside the reward window")
         return
     _judge_payment(tx, ref, p, refunds, late_ok=False)
 
@@ -433,14 +547,14 @@ def _judge_payment(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, C
         ref = _with_payment(ref, p.payment_id, PaymentRecord(HELD, p.currency, refunds=refunds))
         tx.put(ref.referral_id, ref)
         tx.open_case(LATE_ATTRIBUTION, fact_id(LATE_ATTRIBUTION, tx.ucc, ref.referral_id, p.payment_id),
-                     ref, _details(p), p.earned_at, held=p)
+                     ref, _details(p), p.earned_at, p.event_id, held=p)
         return
     if tx.rules.currency_rules(p.currency) is None:
         ref = _with_payment(ref, p.payment_id, PaymentRecord(HELD, p.currency, refunds=refunds))
         tx.put(ref.referral_id, ref)
         tx.open_case(UNSUPPORTED_CURRENCY,
                      fact_id(UNSUPPORTED_CURRENCY, tx.ucc, ref.referral_id, p.payment_id),
-                     ref, _details(p), p.earned_at, held=p)
+                     ref, _details(p), p.earned_at, p.event_id, held=p)
         return
     _reward(tx, ref, p, refunds, capped=True)
 
@@ -461,7 +575,8 @@ def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRe
             room -= bonus
         if bonus > 0:
             tx.add_entry(Entry(fact_id("purchase_bonus", tx.ucc, rid, p.payment_id), rid, p.payment_id,
-                               p.currency, bonus, p.earned_at + rules.hold_days * DAY))
+                               p.currency, bonus, p.earned_at + rules.hold_days * DAY),
+                         "purchase_bonus", p.event_id, p.earned_at)
     if p.plans:
         pools = _plan_rewards(rules, ref, p, room, capped)
         reward = sum(amount for _, amount in pools)
@@ -471,14 +586,17 @@ def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRe
     window_end = add_months(ref.signed_up_at, rules.reward_months)
     kept = 0
     reward_id = fact_id("reward", tx.ucc, rid, p.payment_id)
-    for i, amount in enumerate(instalments(reward, p.months)):
+    parts = instalments(reward, p.months)
+    for i, amount in enumerate(parts):
         at = add_months(p.earned_at, i) if i else p.earned_at
         if i > 0 and at >= window_end:
             break  # instalments earned after the reward window are dropped
         kept += amount
         if amount > 0:
             tx.add_entry(Entry(f"{reward_id}.{i}" if i else reward_id, rid, p.payment_id,
-                               p.currency, amount, at + rules.hold_days * DAY))
+                               p.currency, amount, at + rules.hold_days * DAY), None)
+    if kept > 0:  # one line for its instalments
+        tx.line(rid, p.earned_at, "reward", p.event_id, kept, p.currency, p.payment_id)
     gross = dict(ref.gross)
     if bonus:
         gross[p.currency] = gross.get(p.currency, 0) + bonus
@@ -499,7 +617,7 @@ def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRe
         ref = tx.open_case(LARGE_REWARD, fact_id(LARGE_REWARD, tx.ucc, rid, p.payment_id), ref, {
             "customer_id": p.customer_id, "payment_id": p.payment_id, "currency": p.currency,
             "amount": kept, "review_above": cfg.review_above,
-        }, p.earned_at)
+        }, p.earned_at, p.event_id)
     # refunds that arrived before the reward was computed
     for charge, cr in sorted((refunds or {}).items()):
         _reverse(tx, rid, p.payment_id, charge, cr.amount, cr.amount_refunded, p.earned_at, p.event_id)
@@ -568,7 +686,7 @@ def _reverse(tx: _Tx, rid: str, payment_id: str, charge: str, amount: int, refun
     if ref.rejected and not rec.paid:
         return  # its reward was voided: so is its reversal
     eid = fact_id("reversal", tx.ucc, rid, payment_id, charge, target)
-    tx.add_entry(Entry(eid, rid, payment_id, rec.currency, -delta, at))
+    tx.add_entry(Entry(eid, rid, payment_id, rec.currency, -delta, at), "reversal", source, at)
     tx.notify(REWARD_REVERSED, fact_id(REWARD_REVERSED, eid), rid, rec.currency, delta, source, at)
 
 
@@ -592,7 +710,8 @@ def _reverse_dispute(tx: _Tx, dispute_id: str, d: DisputeState, at: int, source:
     if ref.rejected and not rec.paid:
         return
     eid = fact_id("dispute_reversal", tx.ucc, d.referral_id, d.payment_id, d.charge_id, dispute_id)
-    tx.add_entry(Entry(eid, d.referral_id, d.payment_id, rec.currency, -delta, at))
+    tx.add_entry(Entry(eid, d.referral_id, d.payment_id, rec.currency, -delta, at), "dispute_reversal",
+                 source, at)
     tx.notify(REWARD_REVERSED, fact_id(REWARD_REVERSED, eid), d.referral_id, rec.currency, delta, source, at)
 
 
@@ -618,6 +737,8 @@ def _on_unlinked_refund(tx: _Tx, m: UnlinkedRefund) -> None:
         if _charge_linked(ref, m.charge_id):
             return  # its link arrived first after all: the normal rule has it
         # waits for its link; it opens at the next payout run if still unlinked then
+        # (no history line: whether a refund waits depends on when its link arrives; what it
+        # reverses, or the case it opens at a run, has one)
         tx.w_cases()[case_id] = Case(UNLINKED_REFUND, m.referral_id, WAITING, None, m)
         return
     assert case.refund is not None
@@ -654,6 +775,8 @@ def _open_waiting_refunds(tx: _Tx, run: PayoutRun) -> None:
         tx.out.append(Routed(REVIEWS, tx.ucc, ReviewCase(case_id, UNLINKED_REFUND, tx.ucc, ref.referral_id,
                                                          details, run.requested_at)))
         tx.case_state(case_id, opened, OPEN, None, None)
+        tx.line(ref.referral_id, run.requested_at, "case_opened", run.control_id, 0, None, case_id,
+                UNLINKED_REFUND)
         tx.put(ref.referral_id, ref._replace(open_cases=(*ref.open_cases, case_id)))
 
 
@@ -670,6 +793,7 @@ def _end_unlinked_case(tx: _Tx, m: Refund) -> None:
         tx.case_state(case_id, case, LINKED, m.created,
                       f"the refunded charge is linked to its payment now (refund event {m.event_id}); "
                       "the normal rule reverses the refund")
+        tx.line(rid, m.created, "case_linked", m.event_id, 0, None, case_id, UNLINKED_REFUND)
         ref = tx.referrals[rid]
         tx.put(rid, ref._replace(open_cases=tuple(c for c in ref.open_cases if c != case_id)))
 
@@ -706,7 +830,7 @@ def _reverse_unlinked(tx: _Tx, case_id: str, at: int, source: str) -> None:
     if ref.rejected and not ref.paid_any:
         return
     eid = fact_id("reversal", tx.ucc, ref.referral_id, None, m.charge_id, target)
-    tx.add_entry(Entry(eid, ref.referral_id, None, m.currency, -delta, at))
+    tx.add_entry(Entry(eid, ref.referral_id, None, m.currency, -delta, at), "reversal", source, at)
     tx.notify(REWARD_REVERSED, fact_id(REWARD_REVERSED, eid), ref.referral_id, m.currency, delta, source, at)
 
 
@@ -723,6 +847,9 @@ def _on_dispute(tx: _Tx, m: DisputeChanged) -> None:
         return  # a duplicate, or an older state arriving late
     d = DisputeState(m.referral_id, m.payment_id, m.charge_id, m.status, m.amount, m.created)
     tx.disputes = {**tx.disputes, m.dispute_id: d}
+    if closed:
+        # how it ended; which open states reach the referrer depends on their arrival order
+        tx.line(m.referral_id, m.created, "dispute", m.event_id, 0, None, m.dispute_id, m.status)
     if m.status == "lost" and m.payment_id in ref.payments:
         _reverse_dispute(tx, m.dispute_id, d, m.created, m.event_id)  # else: with the reward
 
@@ -733,6 +860,7 @@ def _on_subscription_ended(tx: _Tx, m: SubscriptionEnded) -> None:
     tx.notify(RECURRING_REWARDS_CANCELLED,
               fact_id(RECURRING_REWARDS_CANCELLED, tx.ucc, m.referral_id, m.customer_id, m.subscription_id),
               m.referral_id, None, 0, m.event_id, m.ended_at)
+    tx.line(m.referral_id, m.ended_at, "subscription_ended", m.event_id, 0, None, m.subscription_id)
 
 
 def _on_conflict(tx: _Tx, m: AttributionConflict) -> None:
@@ -741,7 +869,7 @@ def _on_conflict(tx: _Tx, m: AttributionConflict) -> None:
         return
     tx.open_case(ATTRIBUTION_CONFLICT,
                  fact_id(ATTRIBUTION_CONFLICT, tx.ucc, m.referral_id, m.customer_id, m.other_ucc),
-                 ref, {"customer_id": m.customer_id, "other_ucc": m.other_ucc}, m.created)
+                 ref, {"customer_id": m.customer_id, "other_ucc": m.other_ucc}, m.created, m.event_id)
 
 
 # --- control ------------------------------------------------------------------------------
@@ -753,6 +881,8 @@ def _on_assignment(tx: _Tx, a: CampaignAssignment) -> None:
     if entry in tx.campaigns:
         return
     tx.campaigns = tuple(sorted((*tx.campaigns, entry)))
+    tx.line("", a.published_at, "campaign_assigned", a.control_id, 0, None, a.campaign,
+            _by(a.actor, a.reason))
 
 
 def _on_decision(tx: _Tx, d: ReviewDecision) -> None:
@@ -765,12 +895,14 @@ def _on_decision(tx: _Tx, d: ReviewDecision) -> None:
     status = APPROVED if d.approve else REJECTED
     tx.w_cases()[d.case_id] = case._replace(status=status, held=None, details=None)
     tx.case_state(d.case_id, case, status, d.decided_at, d.reason)
+    tx.line(ref.referral_id, d.decided_at, f"case_{status}", d.control_id, 0, None, d.case_id,
+            f"{case.kind}: {_by(d.actor, d.reason)}")
     if case.kind == UNLINKED_REFUND:
         if d.approve:
             _reverse_unlinked(tx, d.case_id, d.decided_at, d.case_id)
         return  # rejected: the refund is ignored
     if not d.approve:
-        _void(tx, ref)
+        _void(tx, ref, d)
         return
     p = case.held
     if p is None:
@@ -790,9 +922,11 @@ def _on_decision(tx: _Tx, d: ReviewDecision) -> None:
         _reward(tx, ref, p, refunds, capped=False)
 
 
-def _void(tx: _Tx, ref: ReferralState) -> None:
+def _void(tx: _Tx, ref: ReferralState, d: ReviewDecision) -> None:
     """Reject: the referral's unpaid entries and their reversals are never payable."""
     keep: list[Entry] = []
+    # (kind, payment, currency) → what leaves the figures, for one history line each
+    gone: dict[tuple[str, str, str], int] = {}
     for e in ref.entries:
         if e.amount < 0:
             rec = ref.payments.get(e.payment_id) if e.payment_id else None
@@ -801,8 +935,13 @@ def _void(tx: _Tx, ref: ReferralState) -> None:
                 keep.append(e)  # takes back money already paid
                 continue
             tx.w_reversed()[e.currency] -= -e.amount
+            key = ("reversal_voided", e.payment_id or "", e.currency)
         else:
             tx.w_earned()[e.currency] -= e.amount
+            key = ("voided", e.payment_id or "", e.currency)
+        gone[key] = gone.get(key, 0) - e.amount
+    for (kind, payment_id, currency), amount in gone.items():
+        tx.line(ref.referral_id, d.decided_at, kind, d.control_id, amount, currency, payment_id or None)
     tx.put(ref.referral_id, ref._replace(rejected=True, entries=tuple(keep)))
 
 
@@ -814,8 +953,9 @@ def _disputed(disputes: dict[str, DisputeState]) -> frozenset[str]:
 
 
 def _payable(referrals: dict[str, ReferralState], currency: str | None, as_of: int,
-             disputed: frozenset[str] = frozenset()) -> list[Entry]:
-    out = []
+             disputed: frozenset[str] = frozenset(), ledger: tuple[Entry, ...] = ()) -> list[Entry]:
+    # the referrer's own entries (adjustments, payouts paid again) are never paused
+    out = [e for e in ledger if (currency is None or e.currency == currency) and e.payable_at <= as_of]
     for r in referrals.values():
         paused = bool(r.open_cases)
         for e in r.entries:
@@ -853,11 +993,16 @@ def _on_payout_run(tx: _Tx, run: PayoutRun, payable: list[Entry]) -> None:
         tx.notify(PAYOUT_CREATED, fact_id(PAYOUT_CREATED, payout_id), None, currency, balance,
                   run.control_id, run.requested_at)
         tx.w_paid()[currency] = tx.paid.get(currency, 0) + balance
+        tx.w_payouts()[payout_id] = PayoutRecord(run.run_id, currency, balance, run.requested_at,
+                                                 PAYOUT_PENDING, "")
+        # (its history line is the PayoutRecord itself: `history()` writes it)
         for e in entries:
             covered.add(e.entry_id)
             paid = paid_by_referral.setdefault(e.referral_id, [])
             if e.amount > 0:
                 paid.append(e.payment_id)
+    if tx.ledger and paid_by_referral.pop("", None) is not None:
+        tx.ledger = tuple(e for e in tx.ledger if e.entry_id not in covered)
     # one update per referral: its paid entries leave, their payments are marked paid
     for rid, payment_ids in paid_by_referral.items():
         ref = tx.referrals[rid]
@@ -873,6 +1018,43 @@ def _on_payout_run(tx: _Tx, run: PayoutRun, payable: list[Entry]) -> None:
         tx.put(rid, _referral(ref, entries=tuple(e for e in ref.entries if e.entry_id not in covered)))
 
 
+def _on_outcome(tx: _Tx, o: PayoutOutcome) -> None:
+    """What became of a payout (docs/rules.md#the-payout-lifecycle). Paid: recorded. Failed or
+    returned: no longer paid, and its amount is owed again, payable at once (an entry of the
+    referrer's own that the next run pays), with a notification. A payout has one outcome,
+    but a paid one may come back returned; failed and returned are final."""
+    rec = tx.payouts.get(o.payout_id)
+    if rec is None:
+        return  # not a payout of this referrer (yet): nothing to apply
+    allowed = (PAYOUT_PENDING,) if o.status == PAID else (PAYOUT_PENDING, PAID)
+    if rec.status not in allowed:
+        return  # a second outcome, or one that cannot follow the first: changes nothing
+    tx.w_payouts()[o.payout_id] = rec._replace(status=o.status, reference=o.reference or rec.reference)
+    note = _by(o.actor, o.reason) + (f"; reference {o.reference}" if o.reference else "")
+    if o.status == PAID:
+        tx.line("", o.at, "payout_paid", o.control_id, 0, rec.currency, o.payout_id, note)
+        return
+    kind = PAYOUT_FAILED if o.status == FAILED else PAYOUT_RETURNED
+    tx.w_paid()[rec.currency] = tx.paid.get(rec.currency, 0) - rec.amount
+    entry = Entry(fact_id(kind, o.payout_id), "", None, rec.currency, rec.amount, o.at)
+    tx.add_entry(entry, kind, o.control_id, o.at, note, counts=False)
+    tx.notify(kind, fact_id(kind, o.payout_id), None, rec.currency, rec.amount, o.control_id, o.at)
+
+
+def _on_adjustment(tx: _Tx, a: LedgerAdjustment) -> None:
+    """A person's ledger entry, payable from its time on, earned (positive) or reversed
+    (negative) like any other (docs/rules.md#manual-adjustments). Its id adjusts once."""
+    eid = fact_id("adjustment", tx.ucc, a.adjustment_id)
+    if any(line.kind == "adjustment" and line.ref == eid for line in tx._state.lines):
+        return
+    tx.add_entry(Entry(eid, "", None, a.currency, a.amount, a.at), "adjustment", a.control_id, a.at,
+                 _by(a.actor, a.reason))
+
+
+def _by(actor: str, reason: str) -> str:
+    return f"{reason} (by {actor})" if actor else reason
+
+
 # --- queries --------------------------------------------------------------------------------
 
 
@@ -883,10 +1065,55 @@ def summary(state: ReferrerState, as_of: int) -> ReferrerSummary:
     for c in currencies:
         earned = state.earned.get(c, 0)
         rev = state.reversed.get(c, 0)
-        payable = sum(e.amount for e in _payable(state.referrals, c, as_of, _disputed(state.disputes)))
+        payable = sum(e.amount for e in _payable(state.referrals, c, as_of, _disputed(state.disputes),
+                                                 state.ledger))
         out[c] = CurrencySummary(earned, rev, earned - rev, state.paid.get(c, 0), payable)
     open_cases = sum(1 for case in state.cases.values() if case.status == OPEN)
     return ReferrerSummary(state.ucc, len(state.referrals), out, open_cases)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryLine:
+    """A line of `history()`: `Line` with the referral it belongs to (None: the referrer's own)
+    and the summary figure its amount moves (FIGURES)."""
+
+    at: int
+    kind: str
+    source: str
+    referral_id: str | None
+    amount: int
+    currency: str | None
+    figure: str | None
+    ref: str | None
+    note: str
+
+
+def figure_of(kind: str, amount: int) -> str | None:
+    if kind == "adjustment":
+        return "earned" if amount > 0 else "reversed"
+    return FIGURES.get(kind)
+
+
+_RANK = {kind: i for i, kind in enumerate(LINE_KINDS)}
+
+
+def history(state: ReferrerState) -> list[HistoryLine]:
+    """Everything that happened to the referrer, oldest first: by the time of each fact, then
+    its source, then in the order one fact makes its lines; so the live worker and replay,
+    which may fold two customers' events in either order, list them alike. Per currency,
+    the amounts add up to net − paid, and those of each figure to that figure of `summary`
+    (earned: +, reversed: −, paid: −) (docs/rules.md#audit-trail)."""
+    out = [HistoryLine(line.at, line.kind, line.source, None, line.amount, line.currency,
+                       figure_of(line.kind, line.amount), line.ref, line.note) for line in state.lines]
+    for payout_id, p in state.payouts.items():
+        out.append(HistoryLine(p.made_at, "payout", PayoutRun(p.run_id, 0, 0).control_id, None, -p.amount,
+                               p.currency, "paid", payout_id, f"run {p.run_id}"))
+    for rid, r in state.referrals.items():
+        out += [HistoryLine(line.at, line.kind, line.source, rid, line.amount, line.currency,
+                            figure_of(line.kind, line.amount), line.ref, line.note) for line in r.lines]
+    out.sort(key=lambda h: (h.at, h.source, _RANK.get(h.kind, len(_RANK)), h.referral_id or "", h.ref or "",
+                            h.note, h.amount))
+    return out
 
 
 # --- table value codec ----------------------------------------------------------------------
@@ -911,7 +1138,8 @@ def _referral_row(r: ReferralState) -> list[object]:
                    if p.refunds else None, p.amount]
              for pid, p in r.payments.items()},
             r.open_cases,
-            [[e.entry_id, e.payment_id, e.currency, e.amount, e.payable_at] for e in r.entries]]
+            [[e.entry_id, e.payment_id, e.currency, e.amount, e.payable_at] for e in r.entries],
+            [_line_row(line) for line in r.lines]]
 
 
 # What `dumps` may reuse: each referral's encoded row, by referral id, with the referral it
@@ -946,7 +1174,29 @@ def dumps(s: ReferrerState, encoded: EncodedReferrals | None = None) -> bytes:
         s.runs,
         s.campaigns,
         {k: list(d) for k, d in s.disputes.items()},
+        {k: [p.run_id, p.currency, p.amount, p.made_at] if p.status == PAYOUT_PENDING else list(p)
+         for k, p in s.payouts.items()},
+        [[e.entry_id, e.currency, e.amount, e.payable_at] for e in s.ledger],
+        [_line_row(line) for line in s.lines],
     ])
+
+
+_KIND_CODES = {kind: i for i, kind in enumerate(LINE_KINDS)}
+_EMPTY = (None, None, "")  # trailing currency, ref, note left out of a stored line
+
+
+def _line_row(line: Line) -> list[object]:
+    """A history line as stored: its kind as a number, trailing empty fields left out (a
+    referrer keeps every line it ever made)."""
+    row: list[object] = [line.at, _KIND_CODES[line.kind], line.source, line.amount, line.currency, line.ref,
+                         line.note]
+    while len(row) > 4 and row[-1] == _EMPTY[len(row) - 5]:
+        row.pop()
+    return row
+
+
+def _line(row: list[Any]) -> Line:
+    return Line(row[0], LINE_KINDS[row[1]], row[2], row[3], *row[4:], *(None, None, "")[len(row) - 4:])
 
 
 def _payment(row: list[Any]) -> Payment:
@@ -958,6 +1208,11 @@ def loads(raw: bytes) -> ReferrerState:
     ucc, referrals, earned, reversed_, paid, cases, runs, *more = orjson.loads(raw)
     campaigns = tuple((int(t), str(c)) for t, c in more[0]) if more else ()  # none before campaigns
     disputes = {k: DisputeState(*d) for k, d in more[1].items()} if len(more) > 1 else {}
+    # values stored before payouts, adjustments and the history have none of them
+    payouts = ({k: PayoutRecord(*[*p, PAYOUT_PENDING, ""][:6]) for k, p in more[2].items()}
+               if len(more) > 2 else {})
+    ledger = tuple(Entry(e[0], "", None, *e[1:]) for e in more[3]) if len(more) > 3 else ()
+    own_lines = tuple(_line(row) for row in more[4]) if len(more) > 4 else ()
     return ReferrerState(
         ucc,
         {rid: ReferralState(
@@ -966,7 +1221,8 @@ def loads(raw: bytes) -> ReferrerState:
                                 {ch: ChargeRefund(*c) for ch, c in p[4].items()} if p[4] else None,
                                 *p[5:6])
              for pid, p in r[5].items()},
-            tuple(r[6]), tuple(Entry(e[0], rid, *e[1:]) for e in r[7]))
+            tuple(r[6]), tuple(Entry(e[0], rid, *e[1:]) for e in r[7]),
+            tuple(_line(row) for row in r[8]) if len(r) > 8 else ())
          for rid, r in referrals.items()},
         earned, reversed_, paid,
         # rows stored before cases kept their details and opening time have six fields
@@ -976,4 +1232,7 @@ def loads(raw: bytes) -> ReferrerState:
         tuple(runs),
         campaigns,
         disputes,
+        payouts,
+        ledger,
+        own_lines,
     )

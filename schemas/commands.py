@@ -21,6 +21,10 @@ REWARD_EARNED = "reward_earned"
 REWARD_REVERSED = "reward_reversed"
 RECURRING_REWARDS_CANCELLED = "recurring_rewards_cancelled"
 PAYOUT_CREATED = "payout_created"
+# a payout's outcome came back failed or returned: its amount is payable again
+# (docs/rules.md#the-payout-lifecycle)
+PAYOUT_FAILED = "payout_failed"
+PAYOUT_RETURNED = "payout_returned"
 
 # Review case kinds (docs/rules.md#review-cases)
 ATTRIBUTION_CONFLICT = "attribution_conflict"
@@ -70,7 +74,7 @@ class NotificationCommand:
     notification_id: str
     kind: str
     ucc: str
-    referral_id: str | None  # None for payout_created
+    referral_id: str | None  # None for payout_created, payout_failed, payout_returned
     currency: str | None
     amount: int
     source_event_id: str  # the Stripe event id, or the control record's id for payouts

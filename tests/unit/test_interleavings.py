@@ -10,7 +10,9 @@ equal what the single-process Engine makes from the same log in replay order.
 Histories: several customers (one referral each) of two referrers across the partitions,
 with invoice_payment.paid links that travel through the invoice stage, partial refunds
 before or after their links, subscriptions, late attributions, conflicts, unsupported
-currencies, large rewards, payout runs and review decisions of the cases they open.
+currencies, large rewards, payout runs and review decisions of the cases they open, the
+outcomes of the payouts the runs make (paid, failed, returned) and manual adjustments.
+Every referrer's history (`refstream audit`, `/referrers/{ucc}/history`) is the same too.
 """
 
 from __future__ import annotations
@@ -106,6 +108,25 @@ def logs(draw: st.DrawFn) -> list[bytes | control.ControlRecord]:
     for case_id, ucc in draw(st.lists(st.sampled_from(cases), max_size=3, unique=True)) if cases else []:
         at = draw(st.integers(0, len(items)))
         items.insert(at, control.ReviewDecision(case_id, ucc, draw(st.booleans()), "checked", LATE - 1))
+    # manual adjustments, also of a referrer with nothing else (docs/rules.md#manual-adjustments)
+    for n in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, len(items)))
+        when = times[min(at, len(times) - 1)]
+        ucc = draw(st.sampled_from(["ucc_X", "ucc_Y", "ucc_Z"]))
+        currency = draw(st.sampled_from(["usd", "eur"]))
+        amount = draw(st.sampled_from([-700, -1, 1, 2500]))
+        items.insert(at, control.LedgerAdjustment(f"adj-{n}", ucc, currency, amount, when, "ops", "test"))
+    # outcomes of the payouts the runs make, anywhere: one before its payout changes nothing
+    # (docs/rules.md#the-payout-lifecycle)
+    engine = Engine(RULES)
+    made: list[tuple[str, str]] = []
+    for item in items:
+        out = engine.feed_stripe(item) if isinstance(item, bytes) else engine.feed_control_record(item)
+        made += [(r.record.payout_id, r.record.ucc) for r in out if r.dest == "payouts"]
+    for payout_id, ucc in draw(st.lists(st.sampled_from(made), max_size=3)) if made else []:
+        at = draw(st.integers(0, len(items)))
+        status = draw(st.sampled_from(control.OUTCOMES))
+        items.insert(at, control.PayoutOutcome(payout_id, ucc, status, "tr_1", LATE - 2, "ops", "test"))
     return items
 
 
@@ -159,8 +180,11 @@ def assert_live_equals_replay(sim: Sim) -> None:
     assert sorted(published) == sorted(made), "the worker and replay made different commands"
     for cid, raw in made.items():
         assert published[cid] == raw, f"command {cid} differs"
-    live = {ucc: referrer.summary(s, LATE) for ucc, s in sim.referrer_states().items()}
+    states = sim.referrer_states()
+    live = {ucc: referrer.summary(s, LATE) for ucc, s in states.items()}
     assert live == {s.ucc: s for s in engine.summaries(LATE)}
+    for ucc, state in states.items():
+        assert referrer.history(state) == referrer.history(engine.referrers[ucc]), f"{ucc}'s history differs"
 
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
