@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PURE := schemas processors/money.py processors/invoice_link.py processors/referral.py \
 	processors/referrer.py processors/engine.py processors/alignment.py processors/stages.py
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install lint clean chromium
 
 $(BIN)/refstream: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,8 +31,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict $(PURE)
 
+# The console's browser tests drive Debian's chromium (docs/console.md#the-browser-tests);
+# Playwright's own browser download is not used.
+CHROMIUM := $(or $(REFSTREAM_CHROMIUM),/usr/bin/chromium)
+chromium:
+	@test -x "$(CHROMIUM)" || { echo "make test: $(CHROMIUM) is missing. The console's browser tests drive Debian's" \
+		"chromium: install it with \`sudo apt-get install -y chromium\` (or set REFSTREAM_CHROMIUM to a Chromium binary)."; exit 1; }
+
 # Everything CI runs. The test session starts its own Kafka broker.
-test: lint
+test: lint chromium
 	@$(BIN)/pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
