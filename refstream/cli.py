@@ -32,6 +32,7 @@ _COMMANDS = [
     ("replay", "replay"),
     ("export", "export"),
     ("demo", "demo"),
+    ("console", "console"),
 ]
 
 
