@@ -71,7 +71,8 @@ def test_a_runs_csv_has_one_row_per_payout_in_units_and_minor_units_with_its_out
     run = control.PayoutRun("march", MARCH, MARCH + 60, "Ada", "March payouts")
     first = fold_of(log(), [control.encode(run)])
     [payout] = first.payouts
-    paid = control.PayoutOutcome(payout.payout_id, "ucc_X", control.PAID, "tr_123", MARCH + 3600, "Ada", "sent")
+    paid = control.PayoutOutcome(payout.payout_id, "ucc_X", control.PAID, "tr_123", MARCH + 3600, "Ada",
+                                 "sent")
     f = fold_of(log(), [control.encode(run), control.encode(paid)])
     [view] = model.runs(f)
     assert (view.run.actor, view.totals) == ("Ada", {"usd": 2750})
