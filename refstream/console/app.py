@@ -67,6 +67,7 @@ def environment() -> Environment:
     env.filters["major"] = major
     env.filters["q"] = lambda s: quote(str(s), safe="")
     env.globals["age"] = _age
+    env.globals["detail_rows"] = model.detail_rows
     return env
 
 

@@ -462,6 +462,25 @@ def why(kind: str, d: dict[str, Any], ucc: str, rules: Rules) -> str:
     return f"A case of kind {kind}."
 
 
+_MONEY_KEYS = ("base", "amount", "amount_refunded", "review_above")
+_TIME_KEYS = ("created", "refunded_at")
+
+
+def detail_rows(details: dict[str, Any]) -> list[tuple[str, str]]:
+    """A case's details as a person reads them: amounts in the currency's units, times as dates."""
+    cur = details.get("currency")
+    out = []
+    for k, v in sorted(details.items()):
+        if k in _MONEY_KEYS and isinstance(v, int) and isinstance(cur, str) and cur:
+            text = money(v, cur)
+        elif k in _TIME_KEYS and isinstance(v, int):
+            text = iso(v)
+        else:
+            text = str(v)
+        out.append((k.replace("_", " "), text))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class CaseView:
     state: commands.CaseState

@@ -197,3 +197,11 @@ async def test_a_log_with_nothing_in_it_shows_empty_states(stack: object, bootst
             assert resp.status == (404 if path.count("/") > 1 else 200), (path, html[html.find("<main"):])
             for text in texts:
                 assert text in html, (path, text)
+    # an environment whose topics were never created
+    missing = Topics("sandbox", topics.prefix + "x")
+    async with TestClient(TestServer(make_app(Config(bootstrap, missing), TOKEN))) as client:
+        await sign_in(client)
+        resp = await client.get("/")
+        html = await resp.text()
+        assert resp.status == 503 and "A topic is missing" in html
+        assert f"no topic {missing.stripe_events}" in html and "refstream topics create" in html

@@ -81,6 +81,13 @@ def test_a_runs_csv_has_one_row_per_payout_in_units_and_minor_units_with_its_out
     assert lines[1] == f"march,{payout.payout_id},ucc_X,usd,27.50,2750,2026-03-01T00:00:00Z,4,paid,tr_123"
 
 
+def test_a_cases_details_show_money_and_dates() -> None:
+    rows = dict(model.detail_rows({"customer_id": "cus_R", "payment_id": "in_R1", "currency": "usd",
+                                   "base": 10000, "created": ts("2026-01-06")}))
+    assert rows == {"customer id": "cus_R", "payment id": "in_R1", "currency": "usd", "base": "$100.00",
+                    "created": "2026-01-06 00:00 UTC"}
+
+
 def test_notes_show_dates_and_money_not_unix_seconds_and_minor_units() -> None:
     assert model.readable("refund of ch_1: 5950 of 11900 refunded", "usd") == \
         "refund of ch_1: $59.50 of $119.00 refunded"
