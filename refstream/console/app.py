@@ -9,6 +9,7 @@ and carrying their reason.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -234,8 +235,8 @@ class Console:
     async def overview(self, request: web.Request) -> web.Response:
         as_of, as_of_error = self._as_of(request)
         f, fresh = await self.fold()
-        q = await sources.queue(self.cfg)
-        health, lag = await sources.health(self.cfg), await sources.lag(self.cfg)
+        q, health, lag = await asyncio.gather(sources.queue(self.cfg), sources.health(self.cfg),
+                                              sources.lag(self.cfg))
         runs = model.runs(f)[:5]
         return self.page(
             request, "overview.html", title="Overview", fold=f, fresh=fresh, as_of=as_of,

@@ -32,7 +32,7 @@ from schemas import commands, control
 from schemas.events import PAYOUTS
 from schemas.rules import RuleBook, Rules
 from schemas.stripe import StripeParseError, parse_event
-from schemas.topics import STRIPE_EVENTS, marker_offset, placed_offset
+from schemas.topics import CONTROL, STRIPE_EVENTS, marker_offset, placed_offset
 
 UNREADABLE = (StripeParseError, control.ControlDecodeError)
 
@@ -70,6 +70,26 @@ class Fold:
     skipped: int = 0  # records neither workers nor replay can read (dead letters)
     seconds: float = 0.0  # how long the fold took
     has_revision: bool = True  # False: no worker has published the first rules revision yet
+    incremental: bool = False  # this fold continued an earlier one with what was appended since
+    control_offsets: set[int] = field(default_factory=set)  # control records folded (notes aside)
+    placed: set[int] = field(default_factory=set)  # control offsets the workers placed (their notes)
+
+    @property
+    def unplaced(self) -> set[int]:
+        """Control records folded by their timestamp because no worker had placed them yet:
+        a later fold must start over to fold them where the workers placed them."""
+        return self.control_offsets - self.placed
+
+    def continued(self) -> Fold:
+        """A copy to fold more records into, leaving this one as it is (pages may be reading
+        it): the engine's states are immutable, so copying its dicts copies everything."""
+        engine = copy.copy(self.engine)
+        engine.referrers = dict(self.engine.referrers)
+        engine.customers = dict(self.engine.customers)
+        engine.invoices = dict(self.engine.invoices)
+        return Fold(engine, dict(self.position), list(self.control), list(self.payouts), dict(self.effects),
+                    self.stripe_events, self.control_events, self.skipped, 0.0, self.has_revision, True,
+                    set(self.control_offsets), set(self.placed))
 
 
 def _is_marker(rec: LogRecord) -> bool:
@@ -79,15 +99,22 @@ def _is_marker(rec: LogRecord) -> bool:
     )
 
 
-def fold(batches: Iterable[Sequence[LogRecord]], book: RuleBook) -> Fold:
+def fold(batches: Iterable[Sequence[LogRecord]], book: RuleBook, into: Fold | None = None) -> Fold:
     """Fold merged log batches (as `projections.logsource` yields them) the way replay does:
     markers skipped (the merge placed their control records), unreadable records counted and
-    skipped, rules revisions followed as they come."""
-    engine = Engine(book, follow_log=True)
-    out = Fold(engine)
+    skipped, rules revisions followed as they come. `into`: a fold to go on with (changed in
+    place; see `Fold.continued`)."""
+    out = into if into is not None else Fold(Engine(book, follow_log=True))
+    engine = out.engine
     for batch in batches:
         for rec in batch:
-            if _is_marker(rec):
+            if rec.kind == CONTROL:
+                placed = placed_offset(rec.key)
+                if placed is not None:
+                    out.placed.add(placed)
+                    continue
+                out.control_offsets.add(rec.offset)
+            elif _is_marker(rec):
                 continue
             try:
                 if rec.kind == STRIPE_EVENTS:

@@ -143,6 +143,64 @@ class FoldSource(Protocol):
     def invalidate(self) -> None: ...
 
 
+# an increment larger than this is folded by a full fold, which streams the log
+MAX_INCREMENT = 200_000
+
+
+async def read_increment(cfg: Config, since: dict[str, int], ends: dict[str, int]) -> list[Any] | None:
+    """The records appended between `since` and `ends` ("kind#partition" → offset), merged in
+    the workers' one order by `projections.logsource.LogMerger`; None when they cannot be
+    folded onto the earlier fold exactly (partitions changed, records deleted, a marker whose
+    control record is not in this read, or too many records: a full fold then)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import OffsetOutOfRangeError
+
+    from projections.logsource import LogMerger, LogRecord
+
+    if set(since) != set(ends) or any(ends[k] < since[k] for k in ends):
+        return None
+    if sum(ends[k] - since[k] for k in ends) > MAX_INCREMENT:
+        return None
+    names = {STRIPE_EVENTS: cfg.topics.stripe_events, CONTROL: cfg.topics.control}
+    timeout_s = kafka_access.TIMEOUT_S
+    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="none", isolation_level="read_committed",
+                                request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
+        parts: dict[str, tuple[str, int, Any]] = {}
+        for key in ends:
+            kind, number = key.split("#")
+            parts[key] = (kind, int(number), TopicPartition(names[kind], int(number)))
+        consumer.assign([tp for *_, tp in parts.values()])
+        got: dict[str, list[LogRecord]] = {key: [] for key in parts}
+        for key, (kind, p, tp) in parts.items():
+            if ends[key] <= since[key]:
+                continue
+            consumer.seek(tp, since[key])
+            deadline = time.monotonic() + 60
+            while await consumer.position(tp) < ends[key]:
+                if time.monotonic() > deadline:
+                    raise Stalled([tp.topic], 60)
+                try:
+                    fetched = await consumer.getmany(tp, timeout_ms=500)
+                except OffsetOutOfRangeError:
+                    return None
+                got[key] += [LogRecord(kind, p, m.offset, m.timestamp, m.key, (),
+                                       m.value if m.value is not None else b"")
+                             for m in fetched.get(tp, []) if m.offset < ends[key]]
+    finally:
+        await consumer.stop()
+    control_records = [r for key, recs in got.items() if key.startswith(CONTROL + "#") for r in recs]
+    stripe = {(kind, p): got[key] for key, (kind, p, _) in parts.items() if kind == STRIPE_EVENTS}
+    merger = LogMerger(list(stripe), control_records)
+    for part, recs in stripe.items():
+        merger.add(part, recs)
+        merger.finish(part)
+    out = merger.drain()
+    return out if merger.done else None
+
+
 @dataclass
 class Projector:
     """The latest fold of the log, folded again (in a thread) when the log has grown.
@@ -188,13 +246,44 @@ class Projector:
 
     async def _fold(self) -> Fold:
         try:
-            folded = await kafka(self.cfg, "Cannot read the log",
-                                 lambda: asyncio.to_thread(fold_log, self.cfg))
+            folded = await self._increment()
+            if folded is None:
+                folded = await kafka(self.cfg, "Cannot read the log",
+                                     lambda: asyncio.to_thread(fold_log, self.cfg))
             self.latest = folded
             return folded
         finally:
             self._task = None
             self._done_at = time.monotonic()
+
+
+    async def _increment(self) -> Fold | None:
+        """The last fold continued with what was appended since, when that gives what a full
+        fold gives: every control record it folded had been placed by a worker (one folded
+        by its timestamp may take effect elsewhere, at its markers), and the records since
+        can be merged on their own (records of different partitions between two control
+        records may fold in any order: docs/design.md#one-order)."""
+        last = self.latest
+        if last is None or not last.has_revision or last.unplaced or not last.position:
+            return None
+        started = time.monotonic()
+        ends = await kafka(self.cfg, "Cannot read the log's end", lambda: log_ends(self.cfg))
+        records = await kafka(self.cfg, "Cannot read the log",
+                              lambda: read_increment(self.cfg, last.position, ends))
+        if records is None:
+            return None
+
+        def fold_more() -> Fold:
+            more = last.continued()
+            fold([records], more.engine.book, into=more)
+            more.position = ends
+            more.seconds = time.monotonic() - started
+            return more
+
+        folded = await asyncio.to_thread(fold_more)
+        log.info("folded what the log appended", extra={"records": len(records),
+                                                        "seconds": round(folded.seconds, 3)})
+        return folded
 
 
 class Folding(Exception):

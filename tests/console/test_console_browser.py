@@ -88,6 +88,11 @@ async def start_console(stack: Stack, name: str, **env: str) -> Proc:
     return proc
 
 
+def minor(amount: Any) -> int:
+    """An amount of the worker's JSON: minor units, or {"amount": minor units, "currency": …}."""
+    return int(amount["amount"] if isinstance(amount, dict) else amount)
+
+
 class Shots:
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -185,7 +190,7 @@ async def test_an_operator_runs_the_programme_from_the_console(stack: Stack, tmp
         assert sum(a for _, _, a, *_ in lines) == 2750
         assert ledger_sum[("usd", "ledger-sum")] == owed[("usd", "owed")] == 2750
         _, live = await stack.get_json(worker, "/referrers/ucc_X")
-        assert live["currencies"]["usd"]["net"] - live["currencies"]["usd"]["paid"] == 2750
+        assert minor(live["currencies"]["usd"]["net"]) - minor(live["currencies"]["usd"]["paid"]) == 2750
         summary_text = await page.inner_text("#summary")
         assert "$27.50" in summary_text and "2750" not in summary_text  # dollars, never cents
 
@@ -299,7 +304,7 @@ async def test_an_operator_runs_the_programme_from_the_console(stack: Stack, tmp
             _, summary = await stack.get_json(worker, f"/referrers/{ucc}?as_of={ts('2026-06-01')}")
             for cur, s in summary["currencies"].items():
                 for k in ("earned", "reversed", "net", "paid", "payable"):
-                    live[(cur, k)] += s[k]
+                    live[(cur, k)] += minor(s[k])
         assert dict(live) == shown
         await visit(page, url + "/rules", shots, "rules")
         assert "revision 3" in await page.inner_text("#rules-summary")
