@@ -48,7 +48,9 @@ from schemas.control import (
     PayoutOutcome,
     PayoutRun,
     ReviewDecision,
+    outcome_applies,
 )
+from schemas.control import PENDING as control_pending
 from schemas.events import (
     CASES,
     NOTIFICATIONS,
@@ -134,11 +136,12 @@ class PayoutRecord(NamedTuple):
     currency: str
     amount: int
     made_at: int  # the run's requested_at
+    as_of: int  # the run's as_of: a payout paid again is payable as of then, as its entries were
     status: str  # PAYOUT_PENDING, or the outcome's: paid, failed, returned
     reference: str  # the outcome's (a transfer id, the operator's reference)
 
 
-PAYOUT_PENDING = "pending"
+PAYOUT_PENDING = control_pending
 
 
 class ChargeRefund(NamedTuple):
@@ -994,7 +997,7 @@ def _on_payout_run(tx: _Tx, run: PayoutRun, payable: list[Entry]) -> None:
                   run.control_id, run.requested_at)
         tx.w_paid()[currency] = tx.paid.get(currency, 0) + balance
         tx.w_payouts()[payout_id] = PayoutRecord(run.run_id, currency, balance, run.requested_at,
-                                                 PAYOUT_PENDING, "")
+                                                 run.as_of, PAYOUT_PENDING, "")
         # (its history line is the PayoutRecord itself: `history()` writes it)
         for e in entries:
             covered.add(e.entry_id)
@@ -1020,14 +1023,14 @@ def _on_payout_run(tx: _Tx, run: PayoutRun, payable: list[Entry]) -> None:
 
 def _on_outcome(tx: _Tx, o: PayoutOutcome) -> None:
     """What became of a payout (docs/rules.md#the-payout-lifecycle). Paid: recorded. Failed or
-    returned: no longer paid, and its amount is owed again, payable at once (an entry of the
-    referrer's own that the next run pays), with a notification. A payout has one outcome,
-    but a paid one may come back returned; failed and returned are final."""
+    returned: no longer paid, and its amount is owed again, payable as of the payout's own
+    `as_of` (an entry of the referrer's own that the next run pays), with a notification. A
+    payout has one outcome, but a paid one may come back returned; failed and returned are
+    final."""
     rec = tx.payouts.get(o.payout_id)
     if rec is None:
         return  # not a payout of this referrer (yet): nothing to apply
-    allowed = (PAYOUT_PENDING,) if o.status == PAID else (PAYOUT_PENDING, PAID)
-    if rec.status not in allowed:
+    if not outcome_applies(rec.status, o.status):
         return  # a second outcome, or one that cannot follow the first: changes nothing
     tx.w_payouts()[o.payout_id] = rec._replace(status=o.status, reference=o.reference or rec.reference)
     note = _by(o.actor, o.reason) + (f"; reference {o.reference}" if o.reference else "")
@@ -1036,19 +1039,21 @@ def _on_outcome(tx: _Tx, o: PayoutOutcome) -> None:
         return
     kind = PAYOUT_FAILED if o.status == FAILED else PAYOUT_RETURNED
     tx.w_paid()[rec.currency] = tx.paid.get(rec.currency, 0) - rec.amount
-    entry = Entry(fact_id(kind, o.payout_id), "", None, rec.currency, rec.amount, o.at)
-    tx.add_entry(entry, kind, o.control_id, o.at, note, counts=False)
+    entry = Entry(fact_id(kind, o.payout_id), "", None, rec.currency, rec.amount, rec.as_of)
+    tx.add_entry(entry, None, counts=False)
+    tx.line("", o.at, kind, o.control_id, rec.amount, rec.currency, o.payout_id, note)
     tx.notify(kind, fact_id(kind, o.payout_id), None, rec.currency, rec.amount, o.control_id, o.at)
 
 
 def _on_adjustment(tx: _Tx, a: LedgerAdjustment) -> None:
     """A person's ledger entry, payable from its time on, earned (positive) or reversed
     (negative) like any other (docs/rules.md#manual-adjustments). Its id adjusts once."""
-    eid = fact_id("adjustment", tx.ucc, a.adjustment_id)
-    if any(line.kind == "adjustment" and line.ref == eid for line in tx._state.lines):
+    if any(line.kind == "adjustment" and line.ref == a.adjustment_id for line in tx._state.lines):
         return
-    tx.add_entry(Entry(eid, "", None, a.currency, a.amount, a.at), "adjustment", a.control_id, a.at,
-                 _by(a.actor, a.reason))
+    eid = fact_id("adjustment", tx.ucc, a.adjustment_id)
+    tx.add_entry(Entry(eid, "", None, a.currency, a.amount, a.at), None)
+    tx.line("", a.at, "adjustment", a.control_id, a.amount, a.currency, a.adjustment_id,
+            _by(a.actor, a.reason))
 
 
 def _by(actor: str, reason: str) -> str:
@@ -1174,7 +1179,7 @@ def dumps(s: ReferrerState, encoded: EncodedReferrals | None = None) -> bytes:
         s.runs,
         s.campaigns,
         {k: list(d) for k, d in s.disputes.items()},
-        {k: [p.run_id, p.currency, p.amount, p.made_at] if p.status == PAYOUT_PENDING else list(p)
+        {k: [p.run_id, p.currency, p.amount, p.made_at, p.as_of] if p.status == PAYOUT_PENDING else list(p)
          for k, p in s.payouts.items()},
         [[e.entry_id, e.currency, e.amount, e.payable_at] for e in s.ledger],
         [_line_row(line) for line in s.lines],
@@ -1204,13 +1209,18 @@ def _payment(row: list[Any]) -> Payment:
     return Payment(*[*row, *["", 0][len(row) - 11:]])
 
 
+def _payout_record(row: list[Any]) -> PayoutRecord:
+    if len(row) in (4, 6):  # stored before payouts kept their as_of: their request time stands in
+        row = [*row[:4], row[3], *row[4:]]
+    return PayoutRecord(*[*row, PAYOUT_PENDING, ""][:7])
+
+
 def loads(raw: bytes) -> ReferrerState:
     ucc, referrals, earned, reversed_, paid, cases, runs, *more = orjson.loads(raw)
     campaigns = tuple((int(t), str(c)) for t, c in more[0]) if more else ()  # none before campaigns
     disputes = {k: DisputeState(*d) for k, d in more[1].items()} if len(more) > 1 else {}
     # values stored before payouts, adjustments and the history have none of them
-    payouts = ({k: PayoutRecord(*[*p, PAYOUT_PENDING, ""][:6]) for k, p in more[2].items()}
-               if len(more) > 2 else {})
+    payouts = ({k: _payout_record(p) for k, p in more[2].items()} if len(more) > 2 else {})
     ledger = tuple(Entry(e[0], "", None, *e[1:]) for e in more[3]) if len(more) > 3 else ()
     own_lines = tuple(_line(row) for row in more[4]) if len(more) > 4 else ()
     return ReferrerState(

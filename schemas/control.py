@@ -101,6 +101,14 @@ PAID = "paid"
 FAILED = "failed"
 RETURNED = "returned"
 OUTCOMES = (PAID, FAILED, RETURNED)
+PENDING = "pending"  # a payout with no outcome yet
+
+
+def outcome_applies(current: str, status: str) -> bool:
+    """Whether an outcome `status` changes a payout that is `current` (PENDING or an
+    outcome): paid only a pending one; failed and returned a pending or a paid one. Failed
+    and returned are final. The referrer stage and the CLI both go by this."""
+    return current == PENDING if status == PAID else current in (PENDING, PAID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +143,16 @@ class ReferrerAccount:
     set_at: int
     actor: str
     reason: str
+    name: str = ""  # the account holder's name, for a batch file that asks for one (Wise)
 
     @property
     def control_id(self) -> str:
         return fact_id("referrer_account", self.ucc, self.account, self.set_at)
+
+    @property
+    def kind(self) -> str:
+        """`stripe` for a connected account, `email` for an address."""
+        return "stripe" if self.account.startswith("acct_") else "email"
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +249,7 @@ def decode(raw: bytes) -> ControlRecord:
                              _seconds(doc, "at"), _text(doc, "actor"), _text(doc, "reason"))
     if cls is ReferrerAccount:
         return ReferrerAccount(_id(doc, "ucc"), _id(doc, "account"), _seconds(doc, "set_at"),
-                               _text(doc, "actor"), _text(doc, "reason"))
+                               _text(doc, "actor"), _text(doc, "reason"), _text(doc, "name", ""))
     if cls is LedgerAdjustment:
         amount = doc.get("amount")
         if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0:
