@@ -74,6 +74,9 @@ def console(port: int, host: str, worker_urls: tuple[str, ...], ingest_url: str,
                     f"Cannot listen on {host}:{port}: {exc.strerror or exc}.") from None
             log.info("console listening", extra={"url": f"http://{host}:{port}/", "env": settings.env,
                                                   "kafka": settings.kafka_bootstrap})
+            if host not in ("127.0.0.1", "::1", "localhost"):
+                log.warning("the console speaks plain HTTP: serve it to other hosts only through a TLS proxy",
+                            extra={"host": host})
             click.echo(f"refstream console ({settings.env}) on http://{host}:{port}/ — Ctrl-C stops it",
                        err=True)
             stop = asyncio.Event()

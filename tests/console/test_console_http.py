@@ -111,6 +111,24 @@ async def test_a_form_without_its_csrf_token_is_refused_and_changes_nothing(clie
     assert (await client.get("/referrers", allow_redirects=False)).status == 303
 
 
+async def test_a_page_that_fails_says_so_with_a_reference_and_never_shows_a_traceback(
+    big: model.Fold, caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(FixedProjector):
+        async def current(self) -> tuple[model.Fold, bool]:
+            raise RuntimeError("secret detail of a bug")
+
+    cfg = Config("127.0.0.1:1", Topics("sandbox", "tconsole"))
+    async with TestClient(TestServer(make_app(cfg, TOKEN, projector=Broken(big)))) as client:
+        await sign_in(client)
+        resp = await client.get("/referrers")
+        html = await resp.text()
+    assert resp.status == 500 and "Something went wrong" in html and "Nothing was changed" in html
+    assert "Traceback" not in html and "secret detail" not in html
+    [ref] = re.findall(r"error ([0-9a-f]{8})", html)[:1]
+    assert any(getattr(r, "error_ref", None) == ref for r in caplog.records)  # the log has the details
+
+
 # --- 10,000 referrers -----------------------------------------------------------------------
 
 
