@@ -113,11 +113,17 @@ def print_table(summaries: dict[str, dict[str, Any]],
     for ucc, summary in summaries.items():
         for cur, s in sorted(summary["currencies"].items()):
             line = (f"  {ucc:14} {summary['referrals']:>9} {summary['open_cases']:>10}  {cur.upper():8} "
-                    + " ".join(f"{s[key] / 100:>{width},.2f}" for key, _, width in _COLUMNS))
+                    + " ".join(f"{s[key]['amount'] / 100:>{width},.2f}" for key, _, width in _COLUMNS))
             if this_run is not None:
                 paid = this_run.get((ucc, cur))
                 line += f"  {paid / 100:>8,.2f}" if paid else f"  {'—':>8}"
             click.echo(line)
+
+
+def _amount(currencies: dict[str, Any], currency: str, figure: str) -> int:
+    """A figure of the worker's summary (money as {"amount", "currency"}), 0 when absent."""
+    money = currencies.get(currency, {}).get(figure)
+    return int(money["amount"]) if money else 0
 
 
 def _id(c: commands.Command) -> str:
@@ -352,8 +358,8 @@ class Demo:
             print_table({f"{case.ucc} before": before[case.ucc], f"{case.ucc} after": after[case.ucc]})
             was, now = before[case.ucc]["currencies"], after[case.ucc]["currencies"]
             for cur in sorted(set(was) | set(now)):
-                earned = now.get(cur, {}).get("earned", 0) - was.get(cur, {}).get("earned", 0)
-                payable = now.get(cur, {}).get("payable", 0) - was.get(cur, {}).get("payable", 0)
+                earned = _amount(now, cur, "earned") - _amount(was, cur, "earned")
+                payable = _amount(now, cur, "payable") - _amount(was, cur, "payable")
                 if decision.approve:
                     click.echo(f"  The approval released {_money(payable, cur)} to pay "
                                f"({_money(earned, cur)} of it newly earned).")

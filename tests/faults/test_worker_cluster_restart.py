@@ -64,7 +64,7 @@ async def test_stopping_and_starting_everything_keeps_tables_open_cases_and_pend
         got = await stack.assert_outputs_match_engine()
         [case] = of_kind(got, ReviewCase)
         before = await _tables(stack, worker)
-        usd = before["ucc_X"]["currencies"]["usd"]
+        usd = {k: m["amount"] for k, m in before["ucc_X"]["currencies"]["usd"].items()}
         assert usd["paid"] == 0 and usd["net"] > max(usd["payable"], 0), f"no pending entries: {usd}"
         assert before["ucc_R"]["open_cases"] == 1
 
@@ -91,7 +91,8 @@ async def test_stopping_and_starting_everything_keeps_tables_open_cases_and_pend
         assert paid[("ucc_X", "usd")] == 1 and paid[("ucc_R", "eur")] == 1, paid
         status, after = await stack.get_json(worker, f"/referrers/ucc_X?as_of={ts('2026-03-02')}")
         assert status == 200
-        assert after["currencies"]["usd"]["paid"] == sum(p.amount for p in payouts if p.ucc == "ucc_X")
+        paid = sum(p.amount for p in payouts if p.ucc == "ucc_X")
+        assert after["currencies"]["usd"]["paid"] == {"amount": paid, "currency": "usd"}
     finally:
         stack.close()
 

@@ -44,7 +44,7 @@ async def test_a_case_withholds_the_payout_until_approved_and_a_second_decision_
     got = await stack.assert_outputs_match_engine()
     assert {p.ucc for p in of_kind(got, PayoutCommand)} == {"ucc_X"}
     _, summary = await stack.get_json(worker, f"/referrers/ucc_R?as_of={ts('2026-03-01')}")
-    assert summary["open_cases"] == 1 and summary["currencies"]["usd"]["payable"] == 0  # withheld
+    assert summary["open_cases"] == 1 and summary["currencies"]["usd"]["payable"]["amount"] == 0  # withheld
 
     resolved = stack.cli("review", "resolve", case.case_id, "--approve", "--reason", "EUR deal agreed")
     assert "approve" in resolved.stdout
@@ -63,7 +63,8 @@ async def test_a_case_withholds_the_payout_until_approved_and_a_second_decision_
     assert sorted((p.currency, p.amount) for p in of_kind(got, PayoutCommand) if p.ucc == "ucc_R") == released
     _, summary = await stack.get_json(worker, f"/referrers/ucc_R?as_of={ts('2026-04-01')}")
     assert summary["open_cases"] == 0
-    assert summary["currencies"]["eur"]["paid"] == 2500 and summary["currencies"]["usd"]["payable"] == 500
+    assert summary["currencies"]["eur"]["paid"] == {"amount": 2500, "currency": "eur"}
+    assert summary["currencies"]["usd"]["payable"] == {"amount": 500, "currency": "usd"}
 
 
 async def test_resolving_an_unknown_case_names_the_problem_and_the_fix(stack: Stack) -> None:

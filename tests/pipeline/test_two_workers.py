@@ -41,6 +41,21 @@ async def test_two_workers_share_hand_over_and_answer_for_every_referrer(stack: 
         assert answers[0] == answers[1]
     status, body = await stack.get_json(one, "/referrers/ucc_nobody")
     assert status == 404 and "no referrer" in body["error"]
+    # … and its history; and either worker pages through every referrer, gathered from both
+    path = f"/referrers/{uccs[0]}/history?as_of=1771113600"
+    histories = [await stack.get_json(w, path) for w in (one, two)]
+    assert histories[0][0] == 200 and histories[0] == histories[1]
+    for worker in (one, two):
+        listed: list[str] = []
+        after = ""
+        while True:
+            status, page = await stack.get_json(worker, f"/referrers?limit=3&after={after}&as_of=1771113600")
+            assert status == 200, page
+            listed += [r["ucc"] for r in page["referrers"]]
+            if page["next_after"] is None:
+                break
+            after = page["next_after"]
+        assert listed == uccs
     # REFSTREAM_WEB_TOKEN is set: without the bearer token, no answer (also when forwarded)
     for worker in (one, two):
         status, body = await stack.get_json(worker, f"/referrers/{uccs[0]}", auth=False)
