@@ -26,6 +26,8 @@ _COMMANDS = [
     ("worker", "worker"),
     ("deliver", "deliver"),
     ("payouts", "payouts"),
+    ("ledger", "ledger"),
+    ("audit", "audit"),
     ("review", "review"),
     ("rules", "rules"),
     ("referrers", "referrers"),

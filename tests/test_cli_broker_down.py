@@ -35,6 +35,10 @@ COMMANDS = {
     "replay": (["replay", "--rules", RULES, "--no-progress"], "Cannot replay the log"),
     "worker": (["worker", "--web-port", "6999"], "The worker cannot start"),  # stops before binding
     "deliver status": (["deliver", "status"], "Cannot read the delivery status"),
+    "payouts list": (["payouts", "list"], "Cannot list the payouts"),
+    "audit": (["audit", "ucc_X"], "Cannot read the history of ucc_X"),
+    "ledger adjust": (["ledger", "adjust", "ucc_X", "--amount", "500", "--currency", "usd", "--reason",
+                       "gift"], "The adjustment of ucc_X by $5.00 was not recorded"),
 }
 
 

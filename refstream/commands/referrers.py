@@ -1,8 +1,10 @@
-"""`refstream referrers …`: control events about one referrer (docs/cli.md#referrers)."""
+"""`refstream referrers …`: control events about one referrer (docs/cli.md#referrers):
+campaign assignments and payout accounts."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import click
@@ -57,3 +59,39 @@ def assign(ucc: str, campaign: str, reason: str, actor: str | None, topic_prefix
         raise failure(settings.kafka_bootstrap, f"{ucc} may or may not have been assigned to {campaign!r}",
                       exc, after="Assigning again is harmless.") from None
     click.echo(f"assigned {ucc} to campaign {campaign!r} from now on (offset {offset} of {topic})")
+
+
+STRIPE_ACCOUNT = re.compile(r"^acct_[A-Za-z0-9]{6,}$")
+EMAIL = re.compile(r"^[^@\s,]+@[^@\s,]+\.[^@\s,]+$")
+
+
+@referrers.command(name="set-account")
+@click.argument("ucc")
+@click.argument("account")
+@click.option("--reason", required=True, help="Why (kept with the account, shown by `refstream audit`).")
+@click.option("--name", default="", help="The account holder's name, for files that ask for one (Wise).")
+@click.option("--actor", default=None, help="Who sets it [default: the OS user].")
+@click.option("--topic-prefix", default="refstream", hidden=True)
+def set_account(ucc: str, account: str, reason: str, name: str, actor: str | None, topic_prefix: str) -> None:
+    """Pay referrer UCC to ACCOUNT from now on: a Stripe connected account (acct_…), which
+    `payouts execute` transfers to, or an e-mail address, which `payouts export --format
+    paypal|wise` pays. The latest of each kind counts."""
+    from refstream.commands.payouts import _append_one, _text_or_fail
+
+    ucc = ucc.strip()
+    if not ucc:
+        raise click.BadParameter("the referrer's code is empty", param_hint="UCC")
+    account = account.strip()
+    if not (STRIPE_ACCOUNT.match(account) or EMAIL.match(account)):
+        raise click.BadParameter(
+            f"{account!r} is neither a Stripe connected account id (acct_ followed by letters and digits, as "
+            "the Dashboard's Connect → Accounts page shows it) nor an e-mail address (for PayPal or Wise).",
+            param_hint="ACCOUNT")
+    why = _text_or_fail(reason, "--reason", "onboarded to Connect")
+    settings = settings_or_fail()
+    t = Topics(settings.env, topic_prefix)
+    record = control.ReferrerAccount(ucc, account, int(time.time()), control_log.actor(actor), why,
+                                     name.strip())
+    offset = _append_one(settings, t, record, f"The payout account of {ucc}", "Setting it again is harmless.")
+    kind = "Stripe connected account" if record.kind == "stripe" else "e-mail address"
+    click.echo(f"{ucc} is paid to {kind} {account} from now on (offset {offset} of {t.control})")

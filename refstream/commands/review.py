@@ -221,8 +221,9 @@ def list_(show_all: bool, as_json: bool, topic_prefix: str) -> None:
 @click.argument("case_id", metavar="CASE")
 @click.option("--approve/--reject", "approve", default=None, help="Release what the case held, or void it.")
 @click.option("--reason", required=True, help="Why: kept with the decision for the audit trail.")
+@click.option("--actor", default=None, help="Who decides [default: the OS user].")
 @click.option("--topic-prefix", default="refstream", hidden=True)
-def resolve(case_id: str, approve: bool | None, reason: str, topic_prefix: str) -> None:
+def resolve(case_id: str, approve: bool | None, reason: str, actor: str | None, topic_prefix: str) -> None:
     """Decide review case CASE (approve or reject)."""
     if approve is None:
         raise click.UsageError("Say what to decide: --approve or --reject.")
@@ -244,7 +245,10 @@ def resolve(case_id: str, approve: bool | None, reason: str, topic_prefix: str) 
             "open cases with their ids."
         )
     earlier = queue.decisions.get(case_id)
-    decision = control.ReviewDecision(case_id, case.ucc, approve, reason.strip(), int(time.time()))
+    from refstream import control_log
+
+    decision = control.ReviewDecision(case_id, case.ucc, approve, reason.strip(), int(time.time()),
+                                      control_log.actor(actor))
     try:
         partition, offset = asyncio.run(append_control(settings.kafka_bootstrap, t.control, decision))
     except NotWritten as exc:

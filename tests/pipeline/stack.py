@@ -363,7 +363,7 @@ class Stack:
         return got
 
     async def payout_run(self, as_of: str, run_id: str | None = None) -> str:
-        args = ["payouts", "run", "--as-of", as_of] + (["--run-id", run_id] if run_id else [])
+        args = ["payouts", "run", "--as-of", as_of, "--yes"] + (["--run-id", run_id] if run_id else [])
         return self.cli(*args).stdout
 
 
