@@ -114,6 +114,7 @@ class WorkerApp(faust.App):
         consumer = super()._new_consumer()
         handoff.install(consumer)
         handoff.install_rewind(consumer)
+        handoff.install_commit_guard(consumer)
         thread = consumer._thread  # type: ignore[attr-defined]
         create_worker_consumer = thread._create_worker_consumer
 

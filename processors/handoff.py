@@ -30,13 +30,30 @@ with, each partition whose records were not all handed over is put back to the f
 one it dropped, before the next fetch, unless its position is already there or further
 back (faust sought it to the committed offset, or a new assignment starts there). Table
 changelog partitions are left alone: a recovery seeks them to where the table is.
+
+`install_commit_guard(consumer)` makes a commit prove that the agents finished every
+record below it. faust computes the offset to commit from the acks it kept since the
+last commit plus "gaps" its drain loop records whenever a partition's offsets jump
+(meant for offsets that hold no record, such as transaction markers). A record dropped
+after it was read makes such a jump, and the gap interval also covers the record that
+revealed it, so faust committed past records no agent ever saw; it also forgets a
+partition's acks when a rebalance revokes it, and skips its check for a missing first
+record while the partition has no committed offset. The worker's stream topics have a
+record at every offset (no transactional writer, no compaction), so the guard commits a
+partition only up to its first offset the agents did not acknowledge, counted from where
+the partition was positioned at the end of the last recovery (its committed offset, or
+the start of the log for a partition with nothing committed, which is then fetched again
+from there). A record that never arrives holds its partition's commits back, with a
+warning, until the next rebalance fetches it again; nothing is committed past it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -156,3 +173,96 @@ def install_rewind(consumer: Any) -> None:
 
     consumer._wait_next_records = wait_next_records
     consumer.getmany = getmany_and_rewind
+
+
+# A partition whose commits are held back at one offset this long is logged (once per offset).
+HELD_BACK_WARN_S = 30.0
+
+
+async def _start_uncommitted(kafka_consumer: Any, committed: Mapping[Any, Any], is_changelog: Any,
+                             ) -> dict[Any, int]:
+    """On the consumer thread, after a seek to the committed offsets: put each stream
+    partition that has no committed offset at the start of its log (aiokafka's
+    `seek_to_committed` leaves it where it is), and return where every stream partition
+    now starts."""
+    bases: dict[Any, int] = {}
+    fresh = []
+    for tp, offset in committed.items():
+        if is_changelog(tp):
+            continue
+        if offset:
+            bases[tp] = int(offset)
+        else:
+            fresh.append(TopicPartition(tp.topic, tp.partition))
+    if fresh:
+        await kafka_consumer.seek_to_beginning(*fresh)
+        for atp in fresh:
+            bases[atp] = await asyncio.wait_for(kafka_consumer.position(atp), POSITION_WAIT_S)
+    return bases
+
+
+def install_commit_guard(consumer: Any) -> None:
+    """Replace faust's choice of the offset to commit (see the module docstring)."""
+    thread = consumer._thread
+    is_changelog = consumer._is_changelog_tp
+    seek_to_committed = consumer.seek_to_committed
+    ack = consumer.ack
+    base: dict[Any, int] = {}  # per stream partition: the next offset that must be acknowledged
+    done: defaultdict[Any, set[int]] = defaultdict(set)  # acknowledged offsets at or above it
+    held: dict[Any, tuple[int, float, bool]] = {}  # (offset, since, warned) of a held-back partition
+
+    async def seek_to_committed_and_start() -> Mapping[Any, Any]:
+        committed = await seek_to_committed()
+        bases = await thread.call_thread(_start_uncommitted, thread._ensure_consumer(), committed,
+                                         is_changelog)
+        for tp, offset in bases.items():
+            base[tp] = offset
+            done[tp] = {o for o in done[tp] if o >= offset}
+        return committed
+
+    def ack_and_note(message: Any) -> bool:
+        tp = message.tp
+        if not is_changelog(tp):
+            start = base.get(tp)
+            if start is None or message.offset >= start:
+                done[tp].add(message.offset)
+            consumer._acked[tp]  # faust asks for a commit only for partitions listed here
+        return bool(ack(message))
+
+    def new_offset(tp: Any) -> int | None:
+        start = base.get(tp)
+        if start is None:
+            return None  # not positioned by a recovery yet: nothing is known to be complete
+        acked = done[tp]
+        offset = start
+        while offset in acked:
+            acked.discard(offset)
+            offset += 1
+        # faust's own bookkeeping below that point is settled
+        consumer._acked[tp][:] = [o for o in consumer._acked[tp] if o >= offset]
+        consumer._acked_index[tp].difference_update(range(start, offset))
+        consumer._gap[tp].chop(0, offset)
+        if acked and min(acked) > offset:
+            _note_held_back(tp, offset)
+        else:
+            held.pop(tp, None)
+        if offset == start:
+            return None
+        base[tp] = offset
+        return offset
+
+    def _note_held_back(tp: Any, offset: int) -> None:
+        now = time.monotonic()
+        at, since, warned = held.get(tp, (offset, now, False))
+        if at != offset:
+            at, since, warned = offset, now, False
+        if not warned and now - since >= HELD_BACK_WARN_S:
+            warned = True
+            log.warning("a partition's commits are held back at a record no stream finished; "
+                        "the next rebalance fetches it again",
+                        extra={"topic": tp.topic, "partition": tp.partition, "offset": offset})
+        held[tp] = (at, since, warned)
+
+    consumer.seek_to_committed = seek_to_committed_and_start
+    consumer.ack = ack_and_note
+    consumer._new_offset = new_offset
