@@ -3,8 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # schemas and the pure reward core: type-checked with mypy --strict
-PURE := schemas processors/money.py processors/invoice_link.py processors/referral.py \
-	processors/referrer.py processors/engine.py processors/alignment.py processors/stages.py
+PURE := schemas processors/rules processors/alignment.py processors/stages.py
 
 .PHONY: demo test install lint clean chromium
 
@@ -16,7 +15,7 @@ $(BIN)/refstream: pyproject.toml
 
 # The pure core compiled with mypyc (docs/performance.md#compiled-core), rebuilt when a
 # source changes; if compiling fails, refstream runs interpreted: same results, slower.
-CORE := $(shell grep -o '"[a-z_]*/[a-z_]*\.py"' schemas/_compiled.py | tr -d '"')
+CORE := $(shell grep -o '"[a-z_]*/[a-z_/]*\.py"' schemas/_compiled.py | tr -d '"')
 .cache/compiled/manifest.json: $(CORE) | $(BIN)/refstream
 	@$(BIN)/python -m schemas.compile_core build || \
 		echo "refstream: compiling the core failed (see above): it runs interpreted, with the same results"

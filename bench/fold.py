@@ -46,8 +46,8 @@ from itertools import islice
 from pathlib import Path
 
 from bench.gen import Log
-from processors import invoice_link, referral, referrer
-from processors.engine import Engine
+from processors.rules import invoice_link, referral, referrer
+from processors.rules.engine import Engine
 from schemas import commands, control
 from schemas.events import Routed
 from schemas.rules import parse_rules

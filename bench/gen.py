@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from processors.money import DAY, add_months
+from processors.rules.money import DAY, add_months
 from schemas import control
 
 YEAR_START = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())

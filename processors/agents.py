@@ -31,7 +31,7 @@ from typing import Any
 import faust
 from faust.streams import _current_event
 
-from processors import alignment, invoice_link, referral, referrer, windows
+from processors import alignment, windows
 from processors.alignment import Alignment
 from processors.app import WorkerConfig
 from processors.delivery import (
@@ -40,6 +40,7 @@ from processors.delivery import (
     loads_envelope,
 )
 from processors.publisher import Publisher
+from processors.rules import invoice_link, referral, referrer
 from processors.stages import (
     ALIGNMENT_KEY,
     Counters,

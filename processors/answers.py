@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from processors import referrer
+from processors.rules import referrer
 
 
 def money(amount: int, currency: str) -> dict[str, Any]:

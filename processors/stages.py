@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from processors import alignment, invoice_link, referral, referrer
+from processors import alignment
 from processors.alignment import Alignment, HeldRecord
 from processors.delivery import (
     H_CONTROL_OFFSET,
@@ -46,7 +46,8 @@ from processors.delivery import (
     header,
     murmur2_partition,
 )
-from processors.engine import revision_of, route_stripe_event
+from processors.rules import invoice_link, referral, referrer
+from processors.rules.engine import revision_of, route_stripe_event
 from schemas import commands, control, events
 from schemas.events import CASES, CUSTOMER, INVOICE, OUTPUTS, REFERRER, Routed
 from schemas.rules import RuleBook, Rules, RulesError

@@ -24,9 +24,9 @@ import aiohttp
 import faust
 from faust.web import Request, Response, View
 
-from processors import referrer
 from processors.answers import history_json, summary_json
 from processors.delivery import loads_envelope
+from processors.rules import referrer
 from processors.stages import is_reserved
 
 if TYPE_CHECKING:

@@ -45,7 +45,7 @@ def customer(event_id: str, cus: str, created: int, *, ucc: str | None, user: st
 def invoice_paid(event_id: str, inv: str, cus: str, created: int, *, amount_paid: int, total: int,
                  total_excluding_tax: int, charge: str, sub: str | None = None, currency: str = "usd",
                  months: int = 1, new_shape: bool = False) -> bytes:
-    from processors.money import add_months
+    from processors.rules.money import add_months
 
     period = {"start": created, "end": add_months(created, months)}
     obj: dict[str, Any] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from processors.engine import Engine, revision_of
+from processors.rules.engine import Engine, revision_of
 from projections.logsource import KafkaSource
 from projections.replay import RuleSpec, _feed
 from schemas import commands, control

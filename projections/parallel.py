@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from processors.delivery import murmur2_partition
-from processors.engine import Engine
+from processors.rules.engine import Engine
 from projections.logsource import LogRecord
 from projections.report import Figures
 from schemas import control, events

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from processors.engine import Engine
+from processors.rules.engine import Engine
 from projections.logsource import (
     FileSource,
     KafkaSource,

@@ -12,7 +12,7 @@ import getpass
 import os
 from collections.abc import Iterable
 
-from processors.engine import revision_of
+from processors.rules.engine import revision_of
 from schemas import control
 from schemas.rules import RuleBook, RulesError
 

@@ -4,7 +4,8 @@ See docs/performance.md#compiled-core.
 
 `python -m schemas.compile_core build` compiles the modules in `MODULES` with mypyc into
 `.cache/compiled/` (next to the checkout, git-ignored) and records a hash of each source.
-`activate(package)`, called by `processors/__init__.py` and `schemas/__init__.py`, puts
+`activate(package)`, called by the `__init__.py` of `schemas`, `processors` and
+`processors.rules`, puts
 the compiled modules ahead of the sources only when every recorded hash still matches: an
 edited source (or another Python) runs interpreted, with one line on stderr saying so, never
 stale compiled code. `REFSTREAM_INTERPRETED=1` runs interpreted on purpose.
@@ -33,8 +34,8 @@ MANIFEST = BUILD / "manifest.json"
 MODULES = (
     "schemas/frozen.py", "schemas/events.py", "schemas/commands.py", "schemas/control.py",
     "schemas/rules.py", "schemas/stripe.py",
-    "processors/money.py", "processors/invoice_link.py", "processors/referral.py",
-    "processors/referrer.py", "processors/engine.py", "processors/alignment.py",
+    "processors/rules/money.py", "processors/rules/invoice_link.py", "processors/rules/referral.py",
+    "processors/rules/referrer.py", "processors/rules/engine.py", "processors/alignment.py",
 )
 log = logging.getLogger("refstream.compiled")
 
@@ -78,7 +79,7 @@ def activate(package: ModuleType) -> None:
         log.info("running the interpreted core: the compiled one is %s; rebuild it with "
                  "`make install` (or `python -m schemas.compile_core build`)", state)
         return
-    compiled = str(BUILD / package.__name__)
+    compiled = str(BUILD / package.__name__.replace(".", "/"))
     if compiled not in package.__path__:
         package.__path__.insert(0, compiled)
     if str(BUILD) not in sys.path:
@@ -103,7 +104,7 @@ def build() -> int:
         for m in MODULES:
             (work / m).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / m, work / m)
-        for pkg in ("schemas", "processors"):
+        for pkg in ("schemas", "processors", "processors/rules"):
             (work / pkg / "__init__.py").write_text("")
         mypyc = Path(sys.executable).parent / "mypyc"
         result = subprocess.run([str(mypyc), *MODULES], cwd=work, capture_output=True, text=True)

@@ -55,9 +55,21 @@ class RulesError(ValueError):
         super().__init__(f"{where}{what}: {message}")
 
 
+def _reduce(obj: Any) -> tuple[Any, tuple[Any, ...]]:
+    """Pickle a frozen record by its fields (replay sends rules to child processes; compiled
+    with mypyc, the default pickling would set attributes on a frozen instance)."""
+    from dataclasses import fields
+
+    return (type(obj), tuple(getattr(obj, f.name) for f in fields(obj)))
+
+
 @dataclass(frozen=True, slots=True)
 class CurrencyRules:
     """Limits for one currency; every amount is in that currency's minor units."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _reduce(self)
+
 
     max_reward_per_referral: int | None = None  # None: no cap
     signup_bonus: int = 0
@@ -70,6 +82,10 @@ class CurrencyRules:
 class PlanRules:
     """A Stripe price's or product's own terms within a campaign (docs/rules.md#the-rules-file)."""
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _reduce(self)
+
+
     reward_percent: Decimal | None = None  # None: the campaign's
     max_reward_per_referral: int | None = None  # None: counts against the currency's cap
 
@@ -77,6 +93,10 @@ class PlanRules:
 @dataclass(frozen=True, slots=True)
 class Rules:
     """One campaign of one revision, resolved: what prices a fact."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _reduce(self)
+
 
     revision: int = 1
     currency: str = "usd"
@@ -353,6 +373,10 @@ def load_rules(path: str | Path) -> Rules:
 class Revision:
     """A rules file in force from `effective_from` (Unix seconds) on."""
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _reduce(self)
+
+
     effective_from: int
     rules: Rules
     key: str = ""  # what it stands for in the log (its control record's id): dedupes a revision seen twice
@@ -371,6 +395,10 @@ class RuleBook:
         ordered = sorted(revisions, key=lambda r: (r.effective_from, r.rules.revision))
         self.revisions: tuple[Revision, ...] = tuple(ordered)
         self._starts = [r.effective_from for r in ordered]
+
+    def __reduce__(self) -> tuple[type[RuleBook], tuple[tuple[Revision, ...]]]:
+        # pickled to replay's child processes; compiled with mypyc, the default needs __init__'s argument
+        return (RuleBook, (self.revisions,))
 
     @classmethod
     def of(cls, rules: Rules) -> RuleBook:

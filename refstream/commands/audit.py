@@ -30,8 +30,8 @@ def audit(ucc: str, as_of: str | None, as_json: bool, topic_prefix: str) -> None
     """Everything that happened to referrer UCC, in order: Stripe facts, rewards, reversals,
     cases and their decisions, adjustments, payouts and their outcomes, each with its source;
     the amounts add up to what the referrer is owed."""
-    from processors import referrer
     from processors.answers import history_json
+    from processors.rules import referrer
     from projections import ledger
 
     at = parse_ts(as_of) if as_of is not None else int(time.time())

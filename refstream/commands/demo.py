@@ -176,7 +176,7 @@ async def _wait_for(what: str, check: Callable[[], Awaitable[T | None]], timeout
 class Demo:
     def __init__(self, ingest_url: str, worker_url: str, timeout_s: float, topic_prefix: str) -> None:
         from processors.app import DEFAULT_RULES
-        from processors.engine import Engine
+        from processors.rules.engine import Engine
         from schemas.rules import load_rules
 
         self.settings = settings_or_fail()

@@ -60,7 +60,7 @@ def _iso(t: int) -> str:
 
 def _first_revision(src: object, source: str) -> Revision:
     """The log's first rules revision: every later one is in the log itself."""
-    from processors.engine import revision_of
+    from processors.rules.engine import revision_of
     from projections.logsource import KafkaSource, read_export_header
     from schemas import control
 

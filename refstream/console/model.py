@@ -2,7 +2,7 @@
 
 The console's figures come from the same fold `refstream replay` makes: the stripe-events
 and control topics merged in the workers' one order (docs/design.md#one-order) and folded
-with the workers' own pure code (`processors.engine.Engine`) under the log's own rules
+with the workers' own pure code (`processors.rules.engine.Engine`) under the log's own rules
 revisions. So the console has no data of its own: every figure is the log's, as the
 workers computed it, and the overview's totals are replay's totals.
 
@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from processors import referrer
-from processors.engine import Engine
-from processors.money import DAY
-from processors.referrer import ReferralState, ReferrerState
+from processors.rules import referrer
+from processors.rules.engine import Engine
+from processors.rules.money import DAY
+from processors.rules.referrer import ReferralState, ReferrerState
 from projections.logsource import LogRecord
 from projections.report import money
 from schemas import commands, control

@@ -26,7 +26,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from processors.engine import Engine
+from processors.rules.engine import Engine
 from refstream.commands.review import read_to_end
 from schemas import commands, control
 from schemas.rules import load_rules

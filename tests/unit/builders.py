@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from processors.money import add_months
+from processors.rules.money import add_months
 
 OLD_API = "2024-06-20"
 NEW_API = "2025-03-31.basil"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.engine import Engine, Routed
+from processors.rules.engine import Engine, Routed
 from schemas import control
 from schemas.commands import CaseState, NotificationCommand, PayoutCommand, ReviewCase
 from schemas.rules import Rules, load_rules, parse_rules

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from processors.money import DAY, add_months
+from processors.rules.money import DAY, add_months
 from tests.unit.builders import (
     charge,
     customer,

@@ -17,11 +17,12 @@ from typing import Any
 
 import orjson
 
-from processors import alignment, invoice_link, referral, referrer
+from processors import alignment
 from processors.alignment import Alignment
 from processors.delivery import Envelope, dumps_envelope, loads_envelope, murmur2_partition
-from processors.engine import Engine, Routed
 from processors.publisher import command_id
+from processors.rules import invoice_link, referral, referrer
+from processors.rules.engine import Engine, Routed
 from processors.stages import (
     ALIGNMENT_KEY,
     Counters,

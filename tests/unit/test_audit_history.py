@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 
-from processors import referrer
-from processors.engine import Engine
+from processors.rules import referrer
+from processors.rules.engine import Engine
 from schemas import control
 from tests.unit.builders import customer, invoice_paid, refund, ts
 from tests.unit.conftest import feed, payouts, run

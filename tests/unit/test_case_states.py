@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import orjson
 
-from processors import referrer
 from processors.delivery import MessageId, murmur2_partition
-from processors.engine import Engine, Routed
 from processors.publisher import command_id
+from processors.rules import referrer
+from processors.rules.engine import Engine, Routed
 from processors.stages import Counters, Wiring, stages
 from schemas import commands
 from schemas.commands import (

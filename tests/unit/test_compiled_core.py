@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import processors.referrer
+import processors.rules.referrer
 from schemas import _compiled
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def digest(*, interpreted: bool) -> str:
 
 def test_the_compiled_and_the_interpreted_core_fold_the_bench_log_to_the_same_digest() -> None:
     state = _compiled.status()
-    running_compiled = _compiled.is_compiled(processors.referrer)
+    running_compiled = _compiled.is_compiled(processors.rules.referrer)
     # whichever build this process runs, it is the one the status allows
     assert running_compiled == (state == "compiled" and not os.environ.get("REFSTREAM_INTERPRETED")), state
     if state == "compiled":

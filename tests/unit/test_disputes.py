@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 
-from processors.engine import Engine
+from processors.rules.engine import Engine
 from schemas.commands import REWARD_REVERSED
 from schemas.rules import Rules
 from tests.unit.builders import charge, customer, event, invoice_paid, invoice_payment_paid, refund, ts

@@ -21,9 +21,9 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors import referrer
-from processors.engine import Engine
-from processors.money import DAY
+from processors.rules import referrer
+from processors.rules.engine import Engine
+from processors.rules.money import DAY
 from schemas import control
 from schemas.rules import parse_rules
 from tests.unit.conftest import make_rules

@@ -1,4 +1,4 @@
-"""processors/money.py: half-up rounding, calendar months, instalments."""
+"""processors/rules/money.py: half-up rounding, calendar months, instalments."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from fractions import Fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.money import add_months, instalments, months_spanned, percent_of, pro_rata, round_half_up
+from processors.rules.money import (
+    add_months,
+    instalments,
+    months_spanned,
+    percent_of,
+    pro_rata,
+    round_half_up,
+)
 from tests.unit.builders import ts
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import orjson
 
-from processors import referrer
-from processors.engine import Engine
+from processors.rules import referrer
+from processors.rules.engine import Engine
 from schemas import control
 from schemas.commands import PAYOUT_FAILED, PAYOUT_RETURNED, fact_id
 from schemas.rules import Rules

@@ -3,7 +3,7 @@ negative carry-over, idempotent run ids."""
 
 from __future__ import annotations
 
-from processors.engine import Engine
+from processors.rules.engine import Engine
 from schemas.rules import Rules
 from tests.unit.builders import customer, invoice_paid, refund, ts
 from tests.unit.conftest import feed, make_rules, payouts, run

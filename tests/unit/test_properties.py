@@ -18,8 +18,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors.engine import Engine, Routed
-from processors.referrer import unpaid_entries
+from processors.rules.engine import Engine, Routed
+from processors.rules.referrer import unpaid_entries
 from schemas import control
 from schemas.commands import NEW_SIGNUP, REWARD_EARNED, NotificationCommand, PayoutCommand
 from schemas.rules import Rules

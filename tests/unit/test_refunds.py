@@ -4,7 +4,7 @@ deletion. Amounts computed by hand."""
 
 from __future__ import annotations
 
-from processors.engine import Engine
+from processors.rules.engine import Engine
 from schemas.commands import RECURRING_REWARDS_CANCELLED, REWARD_EARNED, REWARD_REVERSED, UNLINKED_REFUND
 from schemas.rules import Rules
 from tests.unit.builders import (

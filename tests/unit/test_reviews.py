@@ -3,7 +3,7 @@ deciding twice changes nothing. Amounts computed by hand (rules: examples/rules.
 
 from __future__ import annotations
 
-from processors.engine import Engine
+from processors.rules.engine import Engine
 from schemas.commands import (
     ATTRIBUTION_CONFLICT,
     LARGE_REWARD,

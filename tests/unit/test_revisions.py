@@ -5,7 +5,7 @@ campaign then; what was earned is never re-priced. Amounts computed by hand."""
 
 from __future__ import annotations
 
-from processors.engine import Engine
+from processors.rules.engine import Engine
 from schemas import control
 from schemas.commands import NEW_SIGNUP, REWARD_EARNED
 from tests.unit.builders import customer, invoice_paid, ts
@@ -183,3 +183,16 @@ def test_an_invoice_whose_lines_use_the_campaign_rate_earns_as_without_plans() -
                                                         (335, None, None)]
     out = earned(engine, invoice_paid("in_1", "cus_A", ts("2026-01-10"), amount_paid=1001, lines=lines))
     assert out == [1000 + 250]  # round(1001 × 25 %) = 250
+
+
+def test_a_rule_book_pickles_for_replays_child_processes() -> None:
+    # replay --jobs and --compare send it to other processes, compiled core or not
+    import pickle
+
+    from schemas.rules import Revision, RuleBook, parse_rules
+
+    book = RuleBook([Revision(0, parse_rules(v(3, extra=PARTNERS + PLANS))),
+                     Revision(ts("2026-03-01"), parse_rules(v(4, percent=20)), key="k4")])
+    again = pickle.loads(pickle.dumps(book))
+    assert [(r.effective_from, r.rules, r.key) for r in again.revisions] == [
+        (r.effective_from, r.rules, r.key) for r in book.revisions]

@@ -3,8 +3,8 @@ one-off charges, unsupported currencies and large rewards — amounts computed b
 
 from __future__ import annotations
 
-from processors.engine import Engine
-from processors.referrer import unpaid_entries
+from processors.rules.engine import Engine
+from processors.rules.referrer import unpaid_entries
 from schemas.commands import LARGE_REWARD, LATE_ATTRIBUTION, REWARD_EARNED, UNSUPPORTED_CURRENCY
 from schemas.rules import Rules
 from tests.unit.builders import charge, customer, invoice_paid, subscription, ts

@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors import invoice_link, referral, referrer
-from processors.engine import Engine
+from processors.rules import invoice_link, referral, referrer
+from processors.rules.engine import Engine
 from schemas import control
 from tests.unit.histories import START, History, histories
 from tests.unit.test_properties import CAPPED_RULES

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.engine import Engine, route_stripe_event
+from processors.rules.engine import Engine, route_stripe_event
 from schemas.commands import NEW_SIGNUP, RECURRING_REWARDS_CANCELLED, REWARD_EARNED, REWARD_REVERSED
 from schemas.rules import Rules
 from schemas.stripe import (

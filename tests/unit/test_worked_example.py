@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from processors.engine import Engine
+from processors.rules.engine import Engine
 from schemas.commands import NEW_SIGNUP, PAYOUT_CREATED, REWARD_EARNED, REWARD_REVERSED
 from schemas.rules import Rules
 from tests.unit.builders import customer, invoice_paid, refund, ts

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from processors.engine import Engine, route_stripe_event
+from processors.rules.engine import Engine, route_stripe_event
 from schemas.stripe import (
     Charge,
     Customer,

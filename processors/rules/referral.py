@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import orjson
 
-from processors.money import DAY, months_spanned, split
+from processors.rules.money import DAY, months_spanned, split
 from schemas.events import (
     INVOICE,
     REFERRER,

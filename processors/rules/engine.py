@@ -15,10 +15,10 @@ from typing import Any
 
 from mypy_extensions import mypyc_attr
 
-from processors import invoice_link, referral, referrer
-from processors.invoice_link import InvoiceLinkState
-from processors.referral import CustomerState
-from processors.referrer import ReferrerState, ReferrerSummary
+from processors.rules import invoice_link, referral, referrer
+from processors.rules.invoice_link import InvoiceLinkState
+from processors.rules.referral import CustomerState
+from processors.rules.referrer import ReferrerState, ReferrerSummary
 from schemas import control
 from schemas.events import CUSTOMER, INVOICE, OUTPUTS, REFERRER, DisputeSeen, InvoicePaymentPaid, Routed
 from schemas.rules import Revision, RuleBook, Rules, parse_rules_cached

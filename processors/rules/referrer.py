@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from processors.money import DAY, add_months, instalments, percent_of, pro_rata, split
+from processors.rules.money import DAY, add_months, instalments, percent_of, pro_rata, split
 from schemas.commands import (
     ATTRIBUTION_CONFLICT,
     LARGE_REWARD,
