@@ -51,6 +51,9 @@ class Customer:
     ucc: str | None
     new_user_id: str | None
     organization_id: str | None
+    # identity evidence (docs/rules.md#fraud-signals): the stage that reads it keeps only a
+    # keyed hash of it; None when absent or not a string
+    email: str | None
 
 
 @fast_init
@@ -107,6 +110,9 @@ class Charge:
     invoice: str | None
     one_off: bool  # an explicit `"invoice": null` (docs/rules.md#rewards); absent (2025-03-31+) is unknown
     payment_intent: str | None
+    # `payment_method_details.card.fingerprint` (or `card_present`'s): identity evidence, kept
+    # only as a keyed hash by the stage that reads it (docs/rules.md#fraud-signals)
+    card_fingerprint: str | None
 
 
 @fast_init
@@ -311,7 +317,32 @@ def parse_customer(obj: dict[str, Any], path: str = "data.object") -> Customer:
         _meta(meta, "cello_ucc") if meta else None,
         _meta(meta, "new_user_id") if meta else None,
         _meta(meta, "new_user_organization_id") if meta else None,
+        _text_or_none(get("email")),
     )
+
+
+def _text_or_none(v: object) -> str | None:
+    """A string field read as evidence only: trimmed; any other shape reads as none."""
+    if type(v) is str:
+        v = v.strip()
+        return v or None
+    return None
+
+
+def _card_fingerprint(obj: dict[str, Any]) -> str | None:
+    """The fingerprint of the card a charge was paid with, in both API shapes
+    (`payment_method_details.card.fingerprint`; `card_present` for a card-present payment).
+    Read as evidence only: an unexpected shape reads as none, never as an error."""
+    details = obj.get("payment_method_details")
+    if type(details) is not dict:
+        return None
+    for kind in ("card", "card_present"):
+        card = details.get(kind)
+        if type(card) is dict:
+            found = _text_or_none(card.get("fingerprint"))
+            if found is not None:
+                return found
+    return None
 
 
 def parse_subscription(obj: dict[str, Any], path: str = "data.object") -> Subscription:
@@ -540,7 +571,7 @@ def parse_charge(obj: dict[str, Any], path: str = "data.object") -> Charge:
         intent = _ref(obj, "payment_intent", path)
     return Charge(
         charge_id, customer, created, currency, amount, refunded, invoice,
-        "invoice" in obj and obj["invoice"] is None, intent,
+        "invoice" in obj and obj["invoice"] is None, intent, _card_fingerprint(obj),
     )
 
 

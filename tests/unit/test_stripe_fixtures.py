@@ -52,13 +52,13 @@ CARRIERS: dict[str, tuple[list[str], type]] = {
 }
 # the top-level fields each object's parser looks at; everything else must be ignored
 READ_FIELDS: dict[type, set[str]] = {
-    Customer: {"id", "object", "created", "deleted", "metadata"},
+    Customer: {"id", "object", "created", "deleted", "metadata", "email"},
     Subscription: {"id", "object", "customer", "created", "status", "canceled_at", "ended_at"},
     Invoice: {"id", "object", "customer", "created", "currency", "amount_paid", "total",
               "total_excluding_tax", "status_transitions", "parent", "subscription", "charge",
               "payment_intent", "payments", "lines"},
     Charge: {"id", "object", "customer", "created", "currency", "amount", "amount_refunded", "invoice",
-             "payment_intent"},
+             "payment_intent", "payment_method_details"},
     InvoicePayment: {"id", "object", "invoice", "created", "status", "payment"},
 }
 SAMPLES = [(era, name) for era in ERAS for name in CARRIERS if (FIXTURES / era / f"{name}.json").exists()]
@@ -134,6 +134,8 @@ def test_what_the_current_shape_says() -> None:
     ended = parse_event(event(canceled, "customer.subscription.deleted")).object
     assert isinstance(ended, Subscription)
     assert ended.status == "canceled" and ended.ended_at is not None and ended.canceled_at == ended.ended_at
+    # identity evidence for the fraud signals: the customer's e-mail, the card's fingerprint
+    assert (cus.email, ch.card_fingerprint) == ("ines.duarte@example.com", "Qm8pX3vK0tLw2ZyN")
 
 
 def test_what_the_pre_basil_shape_says() -> None:
@@ -150,6 +152,10 @@ def test_what_the_pre_basil_shape_says() -> None:
     assert isinstance(one_off, Charge) and one_off.one_off is True  # an explicit `"invoice": null`
     deleted = parse_event(event(sample(PRE_BASIL, "deleted_customer"), "customer.deleted")).object
     assert isinstance(deleted, Customer) and deleted.deleted and deleted.created is None
+    assert deleted.email is None
+    cus = parse_event(event(sample(PRE_BASIL, "customer"), "customer.created")).object
+    assert isinstance(cus, Customer) and cus.email == "billing@northwind-labs.example"
+    assert ch.card_fingerprint == one_off.card_fingerprint == "Lr5Nw8YcTbF3kQ2x"  # one card, both charges
 
 
 def test_a_refund_object_is_not_a_charge() -> None:
