@@ -364,9 +364,21 @@ class Pipeline:
             run(self.stages[REFERRER], self.referrers, self.referrer_stage))
         app.agent(self.control_in, name="control-markers")(self._control_agent)
         app.task(self.publisher.run)
+        app.task(self._announce)
         from processors import web
 
         web.install(app, self)
+
+    async def _announce(self) -> None:
+        """Once, with the worker's logging in place: whether the fraud signals that compare
+        identities can fire (docs/rules.md#fraud-signals)."""
+        if self.cfg.settings.identity_key is None:
+            log.warning("identity signals off", extra={
+                "reason": "REFSTREAM_IDENTITY_KEY is not set: no e-mail or card is compared, so the "
+                          "self_referral and shared_card signals cannot fire (velocity still can). Set it "
+                          "to the same random key for every worker and for `refstream replay`."})
+        else:
+            log.info("identity signals on", extra={"signals": ["self_referral", "shared_card", "velocity"]})
 
     def _behind(self, event: faust.types.EventT) -> bool:
         m = event.message

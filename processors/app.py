@@ -42,7 +42,9 @@ class WorkerConfig:
 
     @property
     def book(self) -> RuleBook:
-        return self.first if self.first is not None else RuleBook.of(self.rules)
+        """The rules the stages start from, with the identity key (REFSTREAM_IDENTITY_KEY)."""
+        book = self.first if self.first is not None else RuleBook.of(self.rules)
+        return book.keyed(self.settings.identity_key)
 
     @property
     def app_id(self) -> str:

@@ -322,7 +322,30 @@ class CustomerStage(Stage):
     def on_complete(self, store: Store, partition: int, k: int, value: bytes) -> list[Out]:
         if _is_revision(value):
             self.add_revision(store, partition, value)
-        return self.barriers_to(self.w.referrer, k, value, partition)
+        return self._link(store, partition, k, value) + self.barriers_to(self.w.referrer, k, value, partition)
+
+    def _link(self, store: Store, partition: int, k: int, value: bytes) -> list[Out]:
+        """A ReferrerLink takes effect here, at the partition that owns its customer: what it
+        sends (the customer's identities as its referrer's own) goes before the barrier
+        (docs/rules.md#fraud-signals)."""
+        try:
+            record = control.decode(value)
+        except control.ControlDecodeError:
+            return []
+        if not isinstance(record, control.ReferrerLink):
+            return []
+        key = record.customer_id
+        if murmur2_partition(key.encode(), self.w.partitions) != partition:
+            return []
+        try:
+            produced = self.apply(store, key, MessageId.of_record(self.w.control, 0, k), record,
+                                  partition=partition)
+        except Exception as exc:  # a core bug must not stop the partition
+            fake = Incoming(self.w.control, 0, k, key.encode(), value, ())
+            return self.dead_letter(fake, f"customer stage failed for {key}: {exc!r}")
+        if not produced:
+            return []
+        return self.route(produced, MessageId(f"{self.w.control}#0/customer:{partition}", k, 0), partition)
 
     def process(self, store: Store, r: Incoming) -> list[Out]:
         key = r.key.decode() if r.key else ""

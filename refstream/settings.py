@@ -45,6 +45,9 @@ class Settings:
     max_body_bytes: int = 512 * 1024
     signature_tolerance_s: int = 300
     produce_timeout_s: float = 5.0
+    # the key of the identity tokens the fraud signals compare (docs/rules.md#fraud-signals);
+    # None: unset, and the signals that need tokens are off
+    identity_key: bytes | None = None
 
     @classmethod
     def from_env(cls, *, dotenv: bool = True) -> Settings:
@@ -70,7 +73,28 @@ class Settings:
             max_body_bytes=_int_env("REFSTREAM_MAX_BODY_BYTES", 512 * 1024),
             signature_tolerance_s=_int_env("REFSTREAM_SIGNATURE_TOLERANCE_S", 300),
             produce_timeout_s=float(_int_env("REFSTREAM_PRODUCE_TIMEOUT_MS", 5000)) / 1000.0,
+            identity_key=identity_key_from_env(),
         )
+
+
+IDENTITY_KEY_MIN = 16
+
+
+def identity_key_from_env(*, dotenv: bool = False) -> bytes | None:
+    """REFSTREAM_IDENTITY_KEY as bytes (from `.env` too with `dotenv`); None when unset. A key
+    too short to keep tokens from being guessed is refused, naming the fix."""
+    if dotenv:
+        _load_dotenv()
+    raw = os.environ.get("REFSTREAM_IDENTITY_KEY", "").strip()
+    if not raw:
+        return None
+    if len(raw) < IDENTITY_KEY_MIN:
+        raise SettingsError(
+            f"REFSTREAM_IDENTITY_KEY is {len(raw)} characters long; use at least {IDENTITY_KEY_MIN} "
+            "random ones, e.g. the output of `openssl rand -hex 32`, and give the worker and "
+            "`refstream replay` the same key (docs/rules.md#fraud-signals)."
+        )
+    return raw.encode()
 
 
 def _int_env(name: str, default: int) -> int:

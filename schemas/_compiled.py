@@ -36,6 +36,7 @@ MODULES = (
     "schemas/rules.py", "schemas/stripe.py",
     "processors/rules/money.py", "processors/rules/invoice_link.py", "processors/rules/referral.py",
     "processors/rules/referrer.py", "processors/rules/engine.py", "processors/alignment.py",
+    "processors/rules/identity.py",
 )
 log = logging.getLogger("refstream.compiled")
 

@@ -32,7 +32,15 @@ LATE_ATTRIBUTION = "late_attribution"
 UNSUPPORTED_CURRENCY = "unsupported_currency"
 UNLINKED_REFUND = "unlinked_refund"
 LARGE_REWARD = "large_reward"
-CASE_KINDS = (ATTRIBUTION_CONFLICT, LATE_ATTRIBUTION, UNSUPPORTED_CURRENCY, UNLINKED_REFUND, LARGE_REWARD)
+SUSPECTED_FRAUD = "suspected_fraud"  # details.signal: one of SIGNALS (docs/rules.md#fraud-signals)
+CASE_KINDS = (ATTRIBUTION_CONFLICT, LATE_ATTRIBUTION, UNSUPPORTED_CURRENCY, UNLINKED_REFUND, LARGE_REWARD,
+              SUSPECTED_FRAUD)
+
+# Fraud signals: the `signal` of a suspected_fraud case
+SELF_REFERRAL = "self_referral"
+SHARED_CARD = "shared_card"
+VELOCITY = "velocity"
+SIGNALS = (SELF_REFERRAL, SHARED_CARD, VELOCITY)
 
 # Case states (CaseState.status): a case opens once and ends once, by a decision or, for an
 # unlinked refund, by its charge's link (docs/rules.md#review-cases)

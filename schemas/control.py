@@ -1,7 +1,8 @@
 """Records of the control topic: what operators (and `payouts execute`) tell the workers.
 
 Payout runs, review decisions, rules revisions, campaign assignments, payout outcomes,
-referrers' payout accounts and manual ledger adjustments (docs/cli.md#control-records).
+referrers' payout accounts, manual ledger adjustments and links of a referrer to its own
+Stripe customer (docs/cli.md#control-records).
 Every record an operator writes names its `actor` and its `reason`; records written
 before they did decode with both empty.
 
@@ -175,13 +176,31 @@ class LedgerAdjustment:
         return fact_id("ledger_adjustment", self.adjustment_id)
 
 
+@dataclass(frozen=True, slots=True)
+class ReferrerLink:
+    """`customer_id` is the referrer `ucc`'s own Stripe customer (the one whose user holds the
+    referral code), from `linked_at` on: its e-mail address and cards are the referrer's own,
+    so a referral that shares one is a self-referral (docs/rules.md#fraud-signals). It takes
+    effect at that customer's stage partition. Linking the same pair again changes nothing."""
+
+    ucc: str
+    customer_id: str
+    linked_at: int
+    actor: str
+    reason: str
+
+    @property
+    def control_id(self) -> str:
+        return fact_id("referrer_link", self.ucc, self.customer_id)
+
+
 def adjustment_id(ucc: str, currency: str, amount: int, at: int, actor: str, reason: str) -> str:
     """The default id of an adjustment: from everything it says, its time included."""
     return fact_id("adjustment", ucc, currency, amount, at, actor, reason)
 
 
 ControlRecord = (PayoutRun | ReviewDecision | ControlPlaced | RulesRevision | CampaignAssignment
-                 | PayoutOutcome | ReferrerAccount | LedgerAdjustment)
+                 | PayoutOutcome | ReferrerAccount | LedgerAdjustment | ReferrerLink)
 _TYPES: dict[str, type[ControlRecord]] = {
     "payout_run": PayoutRun,
     "review_decision": ReviewDecision,
@@ -191,6 +210,7 @@ _TYPES: dict[str, type[ControlRecord]] = {
     "payout_outcome": PayoutOutcome,
     "referrer_account": ReferrerAccount,
     "ledger_adjustment": LedgerAdjustment,
+    "referrer_link": ReferrerLink,
 }
 _TAGS = {cls: tag for tag, cls in _TYPES.items()}
 
@@ -250,6 +270,9 @@ def decode(raw: bytes) -> ControlRecord:
     if cls is ReferrerAccount:
         return ReferrerAccount(_id(doc, "ucc"), _id(doc, "account"), _seconds(doc, "set_at"),
                                _text(doc, "actor"), _text(doc, "reason"), _text(doc, "name", ""))
+    if cls is ReferrerLink:
+        return ReferrerLink(_id(doc, "ucc"), _id(doc, "customer_id"), _seconds(doc, "linked_at"),
+                            _text(doc, "actor"), _text(doc, "reason"))
     if cls is LedgerAdjustment:
         amount = doc.get("amount")
         if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0:

@@ -201,16 +201,58 @@ class DisputeUpdate:
     event_id: str
 
 
+# --- identity evidence (docs/rules.md#fraud-signals): tokens only, never clear values ------
+# stage "customer" → "invoice" (key "identity:<identity>"), the join of every customer that
+# shows one identity; and back to the customer of a referral, which passes it to its referrer
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class IdentitySeen:
+    """An attributed customer's identity (a token of its e-mail address, or of a card it paid
+    with: processors/rules/identity.py), as evidence about its referral."""
+
+    identity: str
+    ucc: str
+    referral_id: str
+    customer_id: str
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class OwnIdentity:
+    """An identity of the referrer `ucc`'s own customer (linked by a ReferrerLink)."""
+
+    identity: str
+    ucc: str
+    customer_id: str
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class IdentityMatch:
+    """stage "invoice" → "customer" → "referrer": an identity of this referral's customer
+    fires `signal`: `self_referral` (its referrer's own customer shows it too) or
+    `shared_card` (the card pays for `referrals` referrals)."""
+
+    customer_id: str
+    ucc: str
+    referral_id: str
+    signal: str
+    referrals: int  # shared_card: referrals the card pays for; 0 for self_referral
+
+
 ReferrerEvent = (Signup | Payment | Refund | UnlinkedRefund | SubscriptionEnded | AttributionConflict
-                 | DisputeChanged)
+                 | DisputeChanged | IdentityMatch)
 DomainEvent = (ReferrerEvent | InvoicePaymentPaid | InvoiceSeen | PaymentLink | ChargeSeen | DisputeSeen
-               | DisputeUpdate)
+               | DisputeUpdate | IdentitySeen | OwnIdentity)
 
 _TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
     for cls in (
         Signup, Payment, Refund, UnlinkedRefund, SubscriptionEnded, AttributionConflict, DisputeChanged,
         InvoicePaymentPaid, InvoiceSeen, PaymentLink, ChargeSeen, DisputeSeen, DisputeUpdate,
+        IdentitySeen, OwnIdentity, IdentityMatch,
     )
 }
 _FIELDS: dict[str, frozenset[str]] = {

@@ -26,7 +26,16 @@ CAMPAIGN_KEYS: dict[str, str] = {
     "late_attribution_days": "days a payment may precede its attribution, e.g. 30",
     "organization_level": "true or false",
     "reward_one_off_charges": "true or false",
+    "self_referral_check": "true or false",
+    "max_referrals_per_card": "how many referrals one card may pay for before they are reviewed, a whole "
+                              "number from 0 (no check) to 100, e.g. 1",
+    "max_signups_per_day": "how many signups a referrer may bring within 24 hours before they are "
+                           "reviewed, a whole number >= 0 (0: no check), e.g. 10",
 }
+FLAG_KEYS = ("organization_level", "reward_one_off_charges", "self_referral_check")
+# the largest `max_referrals_per_card`: the shared-card join tells each referral of a card the
+# count as it grows only up to one past it (processors/invoice_link.py)
+MAX_REFERRALS_PER_CARD = 100
 PLAN_KEYS: dict[str, str] = {
     "reward_percent": "a percentage of the line's base between 0 and 100, e.g. 10",
     "max_reward_per_referral": "minor units of the line's currency, a whole number >= 0, e.g. 50000",
@@ -106,6 +115,10 @@ class Rules:
     late_attribution_days: int = 30
     organization_level: bool = False
     reward_one_off_charges: bool = False
+    # fraud signals (docs/rules.md#fraud-signals); 0 turns a limit off
+    self_referral_check: bool = True
+    max_referrals_per_card: int = 1
+    max_signups_per_day: int = 10
     currencies: dict[str, CurrencyRules] = field(default_factory=dict)
     plans: dict[str, PlanRules] = field(default_factory=dict)  # by Stripe price or product id
     name: str = DEFAULT_CAMPAIGN
@@ -194,6 +207,13 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
     def flag(key: str, value: Any) -> bool:
         if not isinstance(value, bool):
             raise fail(f"{value!r} is not valid here: expected true or false.", "campaign", key)
+        return value
+
+    def card_limit(table: str, value: Any) -> int:
+        key = "max_referrals_per_card"
+        if (isinstance(value, bool) or not isinstance(value, int)
+                or not 0 <= value <= MAX_REFERRALS_PER_CARD):
+            raise fail(f"{value!r} is not valid here: expected {CAMPAIGN_KEYS[key]}.", table, key)
         return value
 
     for required in ("revision", "currency", "reward_percent"):
@@ -303,6 +323,10 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
         reward_one_off_charges=flag(
             "reward_one_off_charges", campaign.get("reward_one_off_charges", False)
         ),
+        self_referral_check=flag("self_referral_check", campaign.get("self_referral_check", True)),
+        max_referrals_per_card=card_limit("campaign", campaign.get("max_referrals_per_card", 1)),
+        max_signups_per_day=whole("campaign", "max_signups_per_day",
+                                  campaign.get("max_signups_per_day", 10), 0),
         currencies=currencies,
         plans=plans,
     )
@@ -329,7 +353,7 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
                            f"[{table}.currency.<code>] and [{table}.plan.\"<id>\"] tables.", table, key)
             if key == "reward_percent":
                 changes[key] = percent_of(table, key, value, CAMPAIGN_KEYS[key])
-            elif key in ("organization_level", "reward_one_off_charges"):
+            elif key in FLAG_KEYS:
                 if not isinstance(value, bool):
                     raise fail(f"{value!r} is not valid here: expected true or false.", table, key)
                 changes[key] = value
@@ -337,6 +361,8 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
                 if not isinstance(value, str) or not CURRENCY_RE.match(value.strip().lower()):
                     raise fail(f"{value!r} is not valid here: expected {CAMPAIGN_KEYS[key]}.", table, key)
                 changes[key] = value.strip().lower()
+            elif key == "max_referrals_per_card":
+                changes[key] = card_limit(table, value)
             else:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise fail(f"{value!r} is not valid here: expected {CAMPAIGN_KEYS[key]}.", table, key)
@@ -385,25 +411,38 @@ class Revision:
 class RuleBook:
     """The revisions known so far. A fact is priced by the revision with the greatest
     `effective_from` at or before the fact's time (ties: the greater revision number);
-    a fact earlier than every known revision by the earliest one. Pure and immutable."""
+    a fact earlier than every known revision by the earliest one. Pure and immutable.
 
-    __slots__ = ("_starts", "revisions")
+    `identity_key` is the one piece of configuration the core needs beside the rules: the
+    key of the identity tokens the fraud signals compare (REFSTREAM_IDENTITY_KEY,
+    processors/rules/identity.py; None: no tokens). It travels with the book so that every stage
+    and replay get it where they get the rules; a book made from it keeps it."""
 
-    def __init__(self, revisions: list[Revision] | tuple[Revision, ...]) -> None:
+    __slots__ = ("_starts", "identity_key", "revisions")
+
+    def __init__(self, revisions: list[Revision] | tuple[Revision, ...],
+                 identity_key: bytes | None = None) -> None:
         if not revisions:
             raise ValueError("a rule book needs at least one revision")
         ordered = sorted(revisions, key=lambda r: (r.effective_from, r.rules.revision))
         self.revisions: tuple[Revision, ...] = tuple(ordered)
         self._starts = [r.effective_from for r in ordered]
+        self.identity_key = identity_key
 
-    def __reduce__(self) -> tuple[type[RuleBook], tuple[tuple[Revision, ...]]]:
+    def __reduce__(self) -> tuple[type[RuleBook], tuple[tuple[Revision, ...], bytes | None]]:
         # pickled to replay's child processes; compiled with mypyc, the default needs __init__'s argument
-        return (RuleBook, (self.revisions,))
+        return (RuleBook, (self.revisions, self.identity_key))
 
     @classmethod
-    def of(cls, rules: Rules) -> RuleBook:
+    def of(cls, rules: Rules, identity_key: bytes | None = None) -> RuleBook:
         """One rules file for all time (`refstream replay --rules FILE`, tests)."""
-        return cls([Revision(0, rules)])
+        return cls([Revision(0, rules)], identity_key)
+
+    def keyed(self, identity_key: bytes | None) -> RuleBook:
+        """The same revisions with this identity key."""
+        if identity_key == self.identity_key:
+            return self
+        return RuleBook(self.revisions, identity_key)
 
     def at(self, t: int) -> Rules:
         starts = self._starts
@@ -415,7 +454,7 @@ class RuleBook:
     def adding(self, revision: Revision) -> RuleBook:
         if revision.key and any(r.key == revision.key for r in self.revisions):
             return self  # the same revision again (its marker written twice, or the first one)
-        return RuleBook((*self.revisions, revision))
+        return RuleBook((*self.revisions, revision), self.identity_key)
 
     @property
     def latest(self) -> Revision:

@@ -59,11 +59,15 @@ def route_stripe_event(event: StripeEvent) -> list[Routed]:
 class Engine:
     """All stage states in memory; `feed_*` return the output records in the order made."""
 
-    def __init__(self, rules: Rules | RuleBook, *, follow_log: bool = True):
+    def __init__(self, rules: Rules | RuleBook, *, follow_log: bool = True,
+                 identity_key: bytes | None = None):
         """`rules`: one rules file for all time, or a book of revisions. `follow_log`: rules
         revisions met in the log are added as they come, as the live worker adds them
-        (docs/rules.md#revisions); False for a what-if replay that replaces them all."""
-        self.book = rules if isinstance(rules, RuleBook) else RuleBook.of(rules)
+        (docs/rules.md#revisions); False for a what-if replay that replaces them all.
+        `identity_key`: the key of the identity tokens the fraud signals compare
+        (REFSTREAM_IDENTITY_KEY; default: the book's own, none for a rules file)."""
+        book = rules if isinstance(rules, RuleBook) else RuleBook.of(rules)
+        self.book = book if identity_key is None else book.keyed(identity_key)
         self.follow_log = follow_log
         # parallel replay (projections/parallel.py): what the referrer stage would fold goes
         # here, in the order it would be folded, instead of being folded in this process
@@ -124,6 +128,9 @@ class Engine:
             return []
         if isinstance(record, control.CampaignAssignment):
             return self._run([Routed(REFERRER, record.ucc, record)])
+        if isinstance(record, control.ReferrerLink):
+            # takes effect at the customer it names (docs/rules.md#fraud-signals)
+            return self._run([Routed(CUSTOMER, record.customer_id, record)])
         if isinstance(record, control.LedgerAdjustment):
             self.latest = max(self.latest, record.at)
             return self._run([Routed(REFERRER, record.ucc, record)])  # a referrer may start with one

@@ -7,6 +7,13 @@
 - Key: "charge:<id>". A dispute names only its charge; the customer stage says which of its
   charges paid a payment (`ChargeSeen`). Either may come first; each dispute's latest state
   goes to the customer stage once both are known (docs/rules.md#disputes).
+- Key: "identity:<token>". Every customer that shows one identity (a keyed token of an
+  e-mail address or a card: processors/rules/identity.py): the referrals whose customer shows it
+  (`IdentitySeen`) and the referrers whose own customer shows it (`OwnIdentity`). Where they
+  meet, the referral's customer hears of it (`IdentityMatch`): its referrer owns the
+  identity (self-referral), or the card pays for more than one referral (shared card). Both
+  are facts about the set of members, which only grows, so the order they join in changes
+  what is found when, never what is found (docs/rules.md#fraud-signals).
 """
 
 from __future__ import annotations
@@ -15,19 +22,24 @@ from typing import NamedTuple
 
 import orjson
 
+from processors.rules.identity import is_card
+from schemas.commands import SELF_REFERRAL, SHARED_CARD
 from schemas.events import (
     CUSTOMER,
     ChargeSeen,
     DisputeSeen,
     DisputeUpdate,
+    IdentityMatch,
+    IdentitySeen,
     InvoicePaymentPaid,
     InvoiceSeen,
+    OwnIdentity,
     PaymentLink,
     Routed,
 )
-from schemas.rules import RuleBook
+from schemas.rules import MAX_REFERRALS_PER_CARD, RuleBook
 
-InvoiceMessage = InvoicePaymentPaid | InvoiceSeen | ChargeSeen | DisputeSeen
+InvoiceMessage = InvoicePaymentPaid | InvoiceSeen | ChargeSeen | DisputeSeen | IdentitySeen | OwnIdentity
 CLOSED = ("won", "lost")
 
 
@@ -42,6 +54,54 @@ class ChargeState(NamedTuple):
     charge_id: str
     customer_id: str | None
     disputes: dict[str, DisputeSeen]  # the latest state of each of its disputes
+
+
+class IdentityState(NamedTuple):
+    identity: str
+    referred: tuple[tuple[str, str, str], ...]  # (ucc, referral id, customer id), as they joined
+    owners: tuple[tuple[str, str], ...]  # (ucc, customer id) of referrers' own customers
+
+
+def _referrals(referred: tuple[tuple[str, str, str], ...]) -> int:
+    return len({(ucc, rid) for ucc, rid, _ in referred})
+
+
+def _match(member: tuple[str, str, str], signal: str, referrals: int) -> Routed:
+    ucc, rid, customer = member
+    return Routed(CUSTOMER, customer, IdentityMatch(customer, ucc, rid, signal, referrals))
+
+
+def _identity_step(state: IdentityState | None, m: IdentitySeen | OwnIdentity
+                   ) -> tuple[IdentityState, list[Routed]]:
+    if state is None:
+        state = IdentityState(m.identity, (), ())
+    if isinstance(m, OwnIdentity):
+        owner = (m.ucc, m.customer_id)
+        if owner in state.owners:
+            return state, []
+        new_referrer = all(ucc != m.ucc for ucc, _ in state.owners)
+        state = IdentityState(state.identity, state.referred, (*state.owners, owner))
+        if not new_referrer:
+            return state, []
+        # the referrer's referrals that show its own identity: self-referrals
+        return state, [_match(x, SELF_REFERRAL, 0) for x in state.referred if x[0] == m.ucc]
+    member = (m.ucc, m.referral_id, m.customer_id)
+    if member in state.referred:
+        return state, []  # a duplicate
+    before = _referrals(state.referred)
+    state = IdentityState(state.identity, (*state.referred, member), state.owners)
+    out = []
+    if any(ucc == m.ucc for ucc, _ in state.owners):
+        out.append(_match(member, SELF_REFERRAL, 0))
+    if is_card(state.identity):
+        count = _referrals(state.referred)
+        if count > before and 2 <= count <= MAX_REFERRALS_PER_CARD + 1:
+            # the count grew: every referral of the card hears it, up to one past the largest
+            # limit a rules file may set (each has heard a count above its limit by then)
+            out += [_match(x, SHARED_CARD, count) for x in state.referred]
+        elif count >= 2:
+            out.append(_match(member, SHARED_CARD, count))  # the newcomer hears where it stands
+    return state, out
 
 
 def _newer(new: DisputeSeen, old: DisputeSeen) -> bool:
@@ -71,8 +131,11 @@ def _charge_step(state: ChargeState | None, message: ChargeSeen | DisputeSeen
 
 
 def step(
-    state: InvoiceLinkState | ChargeState | None, message: InvoiceMessage, rules: RuleBook
-) -> tuple[InvoiceLinkState | ChargeState, list[Routed]]:
+    state: InvoiceLinkState | ChargeState | IdentityState | None, message: InvoiceMessage, rules: RuleBook
+) -> tuple[InvoiceLinkState | ChargeState | IdentityState, list[Routed]]:
+    if isinstance(message, IdentitySeen | OwnIdentity):
+        assert state is None or isinstance(state, IdentityState)
+        return _identity_step(state, message)
     if isinstance(message, ChargeSeen | DisputeSeen):
         assert state is None or isinstance(state, ChargeState)
         return _charge_step(state, message)
@@ -98,7 +161,9 @@ def _link(state: InvoiceLinkState, pair: tuple[str | None, str | None]) -> Route
     )
 
 
-def dumps(state: InvoiceLinkState | ChargeState) -> bytes:
+def dumps(state: InvoiceLinkState | ChargeState | IdentityState) -> bytes:
+    if isinstance(state, IdentityState):
+        return orjson.dumps(["identity", state.identity, state.referred, state.owners])
     if isinstance(state, ChargeState):
         disputes = {k: [d.charge_id, d.payment_intent_id, d.status, d.amount, d.created, d.event_id]
                     for k, d in state.disputes.items()}
@@ -106,8 +171,12 @@ def dumps(state: InvoiceLinkState | ChargeState) -> bytes:
     return orjson.dumps([state.invoice_id, state.customer_id, state.payments])
 
 
-def loads(raw: bytes) -> InvoiceLinkState | ChargeState:
+def loads(raw: bytes) -> InvoiceLinkState | ChargeState | IdentityState:
     row = orjson.loads(raw)
+    if len(row) == 4 and row[0] == "identity":
+        _, identity, referred, owners = row
+        return IdentityState(identity, tuple((u, r, c) for u, r, c in referred),
+                             tuple((u, c) for u, c in owners))
     if len(row) == 4 and row[0] == "charge":
         _, charge, customer, disputes = row
         return ChargeState(charge, customer, {

@@ -4,6 +4,13 @@ Attribution (first wins, immutable), subscription snapshots, deletion, charge→
 links, cumulative refunds, and payments held until the attribution arrives. It sends
 domain events to stage "referrer" (key: ucc) and asks stage "invoice" to join
 `invoice_payment.paid` links. Rewards, caps and money live in the referrer stage.
+
+Identity evidence (docs/rules.md#fraud-signals): the customer's e-mail address and the
+fingerprints of the cards it pays with become keyed tokens here, at once
+(processors/rules/identity.py), and only the tokens go on: to the identity joins of stage
+"invoice" (key "identity:<token>"), as a referral's evidence once the customer is
+attributed, and as its referrer's own once a ReferrerLink names it. What a join finds comes
+back here and goes on to the referrer.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from typing import NamedTuple
 
 import orjson
 
+from processors.rules.identity import card_token, email_token
 from processors.rules.money import DAY, months_spanned, split
+from schemas.control import ReferrerLink
 from schemas.events import (
     INVOICE,
     REFERRER,
@@ -20,7 +29,10 @@ from schemas.events import (
     ChargeSeen,
     DisputeChanged,
     DisputeUpdate,
+    IdentityMatch,
+    IdentitySeen,
     InvoiceSeen,
+    OwnIdentity,
     Payment,
     PaymentLink,
     Refund,
@@ -32,7 +44,7 @@ from schemas.events import (
 from schemas.rules import RuleBook, Rules
 from schemas.stripe import Charge, Customer, Invoice, StripeEvent, Subscription
 
-CustomerMessage = StripeEvent | PaymentLink | DisputeUpdate
+CustomerMessage = StripeEvent | PaymentLink | DisputeUpdate | IdentityMatch | ReferrerLink
 
 
 class HeldPayment(NamedTuple):
@@ -88,6 +100,10 @@ class CustomerState(NamedTuple):
     # charges that paid one of its payments: their disputes concern it (docs/rules.md#disputes)
     charges: tuple[str, ...] = ()
     disputes: dict[str, DisputeUpdate] | None = None  # disputes waiting for their charge's link
+    # identity tokens of its e-mail addresses and cards, in the order first seen
+    # (docs/rules.md#fraud-signals); never the clear values
+    identities: tuple[str, ...] = ()
+    owns: tuple[str, ...] = ()  # the referrers (uccs) whose own customer it is (ReferrerLink)
 
 
 # `s._replace(<field>=value)` for the fields most events set, without `_replace`'s keyword
@@ -113,6 +129,11 @@ def step(
         return _on_link(state, message, rules)
     if isinstance(message, DisputeUpdate):
         return _on_dispute(state or CustomerState(message.customer_id), message)
+    if isinstance(message, IdentityMatch):
+        # what an identity join found about this customer's referral: its referrer decides
+        return state or CustomerState(message.customer_id), [Routed(REFERRER, message.ucc, message)]
+    if isinstance(message, ReferrerLink):
+        return _on_own(state or CustomerState(message.customer_id), message)
     obj = message.object
     key = message.customer_id
     if key is None or obj is None:
@@ -258,6 +279,8 @@ def _on_customer(
 ) -> CustomerState:
     if c.created is not None and s.created is None:
         s = _set(s, _CREATED, c.created)
+    if c.email is not None and rules.identity_key is not None:
+        s = _note_identity(s, email_token(rules.identity_key, c.email), out)
     if ev.type == "customer.deleted" and (s.deleted_at is None or ev.created < s.deleted_at):
         s = s._replace(deleted_at=ev.created)
     referral = referral_id_for(c, rules.at(ev.created)) if c.ucc else None
@@ -282,6 +305,8 @@ def _on_customer(
     s = s._replace(ucc=c.ucc, referral_id=referral, attributed_at=ev.created)
     out.append(Routed(REFERRER, c.ucc, Signup(c.ucc, referral, s.customer_id, signed_up_at, ev.id)))
     out.extend(Routed(INVOICE, f"charge:{ch}", ChargeSeen(ch, s.customer_id)) for ch in s.charges)
+    out.extend(Routed(INVOICE, f"identity:{i}", IdentitySeen(i, c.ucc, referral, s.customer_id))
+               for i in s.identities)
     held = s.held
     s = s._replace(held=())
     for p in held:
@@ -361,6 +386,8 @@ def _on_charge(
     s: CustomerState, ev: StripeEvent, ch: Charge, rules: RuleBook, out: list[Routed]
 ) -> CustomerState:
     s = _note_charges(s, [i for i in (ch.id, ch.payment_intent) if i], out)
+    if ch.card_fingerprint is not None and rules.identity_key is not None:
+        s = _note_identity(s, card_token(rules.identity_key, ch.card_fingerprint), out)
     if ch.one_off:
         if ch.id not in s.one_offs:
             s = s._replace(one_offs=(*s.one_offs, ch.id))
@@ -427,6 +454,28 @@ def _note_charges(s: CustomerState, charges: list[str], out: list[Routed]) -> Cu
     return s._replace(charges=(*s.charges, *new))
 
 
+def _note_identity(s: CustomerState, identity: str | None, out: list[Routed]) -> CustomerState:
+    """A token of the customer's own e-mail address or card (from its own Stripe events
+    only, like `_note_charges`): new ones go to their join as this referral's evidence and
+    as each linking referrer's own."""
+    if identity is None or identity in s.identities:
+        return s
+    key = f"identity:{identity}"
+    if s.ucc is not None and s.referral_id is not None:
+        out.append(Routed(INVOICE, key, IdentitySeen(identity, s.ucc, s.referral_id, s.customer_id)))
+    out.extend(Routed(INVOICE, key, OwnIdentity(identity, ucc, s.customer_id)) for ucc in s.owns)
+    return s._replace(identities=(*s.identities, identity))
+
+
+def _on_own(s: CustomerState, link: ReferrerLink) -> tuple[CustomerState, list[Routed]]:
+    """The customer is referrer `link.ucc`'s own: its identities, known and to come, are that
+    referrer's (docs/rules.md#fraud-signals)."""
+    if link.ucc in s.owns:
+        return s, []
+    out = [Routed(INVOICE, f"identity:{i}", OwnIdentity(i, link.ucc, s.customer_id)) for i in s.identities]
+    return s._replace(owns=(*s.owns, link.ucc)), out
+
+
 def _on_dispute(s: CustomerState, d: DisputeUpdate) -> tuple[CustomerState, list[Routed]]:
     """A dispute of one of the customer's charges: to the referrer once the charge is linked
     to a payment, kept until then (its link may still come back from the invoice stage)."""
@@ -475,6 +524,8 @@ def dumps(s: CustomerState) -> bytes:
         s.charges,
         {k: [d.charge_id, d.payment_intent_id, d.status, d.amount, d.created, d.event_id]
          for k, d in (s.disputes or {}).items()},
+        s.identities,
+        s.owns,
     ])
 
 
@@ -496,6 +547,8 @@ def loads(raw: bytes) -> CustomerState:
         tuple(more[0]) if more else (),  # none stored before disputes
         {k: DisputeUpdate(cid, v[0], v[1], k, *v[2:]) for k, v in more[1].items()} or None
         if len(more) > 1 else None,
+        tuple(more[2]) if len(more) > 2 else (),  # none stored before the fraud signals
+        tuple(more[3]) if len(more) > 3 else (),
     )
 
 

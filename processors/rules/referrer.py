@@ -13,6 +13,7 @@ that changed the referrer and every cent it moved, with its source, which is wha
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -31,8 +32,12 @@ from schemas.commands import (
     RECURRING_REWARDS_CANCELLED,
     REWARD_EARNED,
     REWARD_REVERSED,
+    SELF_REFERRAL,
+    SHARED_CARD,
+    SUSPECTED_FRAUD,
     UNLINKED_REFUND,
     UNSUPPORTED_CURRENCY,
+    VELOCITY,
     CaseState,
     NotificationCommand,
     PayoutCommand,
@@ -58,6 +63,7 @@ from schemas.events import (
     REVIEWS,
     AttributionConflict,
     DisputeChanged,
+    IdentityMatch,
     Payment,
     ReferrerEvent,
     Refund,
@@ -486,6 +492,8 @@ def step(
         _on_outcome(tx, message)
     elif isinstance(message, LedgerAdjustment):
         _on_adjustment(tx, message)
+    elif isinstance(message, IdentityMatch):
+        _on_identity_match(tx, message)
     return tx.done()
 
 
@@ -508,6 +516,7 @@ def _on_signup(tx: _Tx, m: Signup) -> None:
     tx.put(m.referral_id, ref)
     tx.notify(NEW_SIGNUP, fact_id(NEW_SIGNUP, tx.ucc, m.referral_id), m.referral_id, currency, bonus,
               m.event_id, m.signed_up_at)
+    _check_velocity(tx, m.signed_up_at)
 
 
 def _on_payment(tx: _Tx, p: Payment) -> None:
@@ -873,6 +882,76 @@ def _on_conflict(tx: _Tx, m: AttributionConflict) -> None:
     tx.open_case(ATTRIBUTION_CONFLICT,
                  fact_id(ATTRIBUTION_CONFLICT, tx.ucc, m.referral_id, m.customer_id, m.other_ucc),
                  ref, {"customer_id": m.customer_id, "other_ucc": m.other_ucc}, m.created, m.event_id)
+
+
+# --- fraud signals (docs/rules.md#fraud-signals) -----------------------------------------------
+# Each signal is a fact about a set that only grows (the identities a join has seen, the
+# signups of a referrer), so the cases it opens do not depend on the order the facts arrive
+# in. A case's details and time are facts of its referral alone, never of the piece of
+# evidence that happened to complete the set, so live and replay write the same case.
+
+
+def _open_fraud_case(tx: _Tx, ref: ReferralState, signal: str, details: dict[str, object]) -> None:
+    """One `suspected_fraud` case per referral and signal; it pauses the referral like every
+    case. Dated at the referral's signup, the fact under suspicion."""
+    if ref.rejected:
+        return  # voided already: nothing left to pause
+    case_id = fact_id(SUSPECTED_FRAUD, tx.ucc, ref.referral_id, signal)
+    tx.open_case(SUSPECTED_FRAUD, case_id, ref, {"signal": signal, **details}, ref.signed_up_at,
+                 _signup_source(tx, ref.referral_id))
+
+
+def _signup_source(tx: _Tx, rid: str) -> str:
+    """The event of the referral's signup: the source of its fraud cases' history lines, which
+    no arrival order changes (the evidence that completed a match may differ)."""
+    pending: list[Line] = tx.lines.get(rid, [])
+    for line in (*tx.referrals[rid].lines, *pending):
+        if line.kind == "signup":
+            return line.source
+    return ""
+
+
+def _on_identity_match(tx: _Tx, m: IdentityMatch) -> None:
+    """A join found the referral's customer showing its referrer's own identity, or paying
+    with a card that pays for `referrals` referrals. Judged by the rules (campaign and
+    revision) in force at the referral's signup."""
+    ref = tx.referrals.get(m.referral_id)
+    if ref is None:
+        return  # its signup always comes first from stage "customer"
+    rules = tx.price(ref.signed_up_at)
+    if m.signal == SELF_REFERRAL:
+        if rules.self_referral_check:
+            _open_fraud_case(tx, ref, SELF_REFERRAL, {"customer_id": m.customer_id})
+    elif m.signal == SHARED_CARD:
+        limit = rules.max_referrals_per_card
+        if limit and m.referrals > limit:
+            _open_fraud_case(tx, ref, SHARED_CARD, {"customer_id": m.customer_id,
+                                                   "max_referrals_per_card": limit})
+
+
+def _check_velocity(tx: _Tx, t: int) -> None:
+    """A signup at `t` joined the referrer's signups: every referral that now lies in a
+    24-hour window [s, s + 1 day) with more than its `max_signups_per_day` signups is
+    suspect. Only windows holding `t` changed, and each starts at a signup time in
+    (t − 1 day, t], so only referrals signed up within a day of `t` are looked at."""
+    near = sorted((r.signed_up_at, rid) for rid, r in tx.referrals.items()
+                  if t - 2 * DAY < r.signed_up_at < t + 2 * DAY)
+    times = [at for at, _ in near]
+    # the windows that hold t: (start index, number of signups in it)
+    windows = [(i, bisect_left(times, times[i] + DAY) - i) for i in range(len(times))
+               if t - DAY < times[i] <= t and (i == 0 or times[i - 1] != times[i])]
+    best = max((count for _, count in windows), default=0)
+    for j, (at, rid) in enumerate(near):
+        if abs(at - t) >= DAY:
+            continue
+        ref = tx.referrals[rid]
+        limit = tx.price(at).max_signups_per_day
+        if not limit or best <= limit or ref.rejected:
+            continue
+        if fact_id(SUSPECTED_FRAUD, tx.ucc, rid, VELOCITY) in tx.cases:
+            continue
+        if any(i <= j < i + count and count > limit for i, count in windows):
+            _open_fraud_case(tx, ref, VELOCITY, {"max_signups_per_day": limit})
 
 
 # --- control ------------------------------------------------------------------------------

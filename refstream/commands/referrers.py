@@ -1,5 +1,5 @@
 """`refstream referrers …`: control events about one referrer (docs/cli.md#referrers):
-campaign assignments and payout accounts."""
+campaign assignments, payout accounts and links to their own Stripe customer."""
 
 from __future__ import annotations
 
@@ -95,3 +95,42 @@ def set_account(ucc: str, account: str, reason: str, name: str, actor: str | Non
     offset = _append_one(settings, t, record, f"The payout account of {ucc}", "Setting it again is harmless.")
     kind = "Stripe connected account" if record.kind == "stripe" else "e-mail address"
     click.echo(f"{ucc} is paid to {kind} {account} from now on (offset {offset} of {t.control})")
+
+
+@referrers.command(name="link")
+@click.argument("ucc")
+@click.option("--customer", "customer_id", required=True, metavar="cus_…",
+              help="The referrer's own Stripe customer: the one whose user holds the referral code.")
+@click.option("--reason", required=True, help="Why (kept with the link).")
+@click.option("--actor", default=None, help="Who links [default: the OS user].")
+@click.option("--topic-prefix", default="refstream", hidden=True)
+def link(ucc: str, customer_id: str, reason: str, actor: str | None, topic_prefix: str) -> None:
+    """Record that Stripe customer cus_… is referrer UCC's own. A referral of UCC whose
+    customer shares an e-mail address or a card with it then opens a suspected_fraud case
+    (signal self_referral), whichever of them Stripe told about first
+    (docs/rules.md#fraud-signals)."""
+    ucc, customer_id = ucc.strip(), customer_id.strip()
+    if not ucc:
+        raise click.BadParameter("the referrer's code is empty", param_hint="UCC")
+    if not customer_id.startswith("cus_") or len(customer_id) < 5 or any(c.isspace() for c in customer_id):
+        raise click.BadParameter(
+            f"{customer_id!r} is not a Stripe customer id. Give the id Stripe shows for the referrer's own "
+            "customer, e.g. --customer cus_NffrFeUfNV2Hib.", param_hint="--customer")
+    if not reason.strip():
+        raise click.BadParameter("the reason is empty. Say why, e.g. --reason 'the referrer's own account'.",
+                                 param_hint="--reason")
+    settings = settings_or_fail()
+    topic = Topics(settings.env, topic_prefix).control
+    record = control.ReferrerLink(ucc, customer_id, int(time.time()), control_log.actor(actor),
+                                  reason.strip())
+    try:
+        _, offset = asyncio.run(append_control(settings.kafka_bootstrap, topic, record))
+    except NotWritten as exc:
+        raise failure(settings.kafka_bootstrap, f"{customer_id} was not linked to {ucc}", exc) from None
+    except Unconfirmed as exc:
+        raise failure(settings.kafka_bootstrap, f"{customer_id} may or may not have been linked to {ucc}",
+                      exc, after="Linking again is harmless.") from None
+    click.echo(f"linked {customer_id} to referrer {ucc} as its own customer (offset {offset} of {topic})")
+    if settings.identity_key is None:
+        click.echo("note: REFSTREAM_IDENTITY_KEY is not set here. The worker compares e-mail addresses and "
+                   "cards only when it has the key (docs/rules.md#fraud-signals).", err=True)

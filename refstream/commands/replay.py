@@ -52,6 +52,22 @@ def rules_or_fail(path: Path) -> Rules:
         ) from None
 
 
+def _identity_key() -> bytes | None:
+    """REFSTREAM_IDENTITY_KEY, which the fraud signals that compare e-mail addresses and cards
+    need; the worker's own key gives the worker's cases (docs/rules.md#fraud-signals)."""
+    from refstream.settings import SettingsError, identity_key_from_env
+
+    try:
+        key = identity_key_from_env(dotenv=True)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    if key is None and sys.stderr.isatty():
+        click.echo("note: REFSTREAM_IDENTITY_KEY is not set, so this replay compares no e-mail address or "
+                   "card: self_referral and shared_card cases do not open (set the worker's key to see "
+                   "what the worker did).", err=True)
+    return key
+
+
 def _iso(t: int) -> str:
     from projections.report import iso
 
@@ -191,18 +207,19 @@ def replay(
         require(src.bootstrap, "Cannot replay the log", fix=FIX.rstrip(".")  # type: ignore[attr-defined]
                 + ", or replay an export with --source FILE.jsonl.gz.")
     shown: list[tuple[str, int, Rules]] = []
+    key = _identity_key()
 
     def spec_of(path: str | Path | None, start: int | None) -> RuleSpec:
         if path is None or str(path) == "log":
             first = _first_revision(src, source)
             shown.append(("the log's revisions", first.rules.revision, first.rules))
-            return RuleSpec(RuleBook([first]), True, "the log's revisions")
+            return RuleSpec(RuleBook([first], key), True, "the log's revisions")
         rules = rules_or_fail(Path(path))
         shown.append((str(path), rules.revision, rules))
         if start is None:
-            return RuleSpec.fixed(rules, f"{path}, in place of the log's revisions")
+            return RuleSpec(RuleBook.of(rules, key), False, f"{path}, in place of the log's revisions")
         first = _first_revision(src, source)
-        book = RuleBook([first]).adding(Revision(start, rules, key=f"proposed {path}"))
+        book = RuleBook([first], key).adding(Revision(start, rules, key=f"proposed {path}"))
         return RuleSpec(book, True, f"the log's revisions and {path} from {_iso(start)}")
 
     rules = spec_of(rules_path, effective_from)

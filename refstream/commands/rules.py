@@ -26,7 +26,17 @@ def describe(rules: Rules) -> str:
         f"one-off charges {'rewarded' if rules.reward_one_off_charges else 'not rewarded'}",
     ]
     currencies = ", ".join(sorted(rules.currencies)) or "none (every invoice opens a review case)"
-    return "ok: " + ", ".join(parts) + f"; currencies: {currencies}"
+    return "ok: " + ", ".join(parts) + f"; currencies: {currencies}; fraud signals: {fraud_signals(rules)}"
+
+
+def fraud_signals(rules: Rules) -> str:
+    """What the campaign's fraud signals hold for review (docs/rules.md#fraud-signals)."""
+    card, day = rules.max_referrals_per_card, rules.max_signups_per_day
+    return ", ".join([
+        f"self-referral {'on' if rules.self_referral_check else 'off'}",
+        f"shared card above {card} referral{'s' if card != 1 else ''}" if card else "shared card off",
+        f"velocity above {day} signup{'s' if day != 1 else ''} a day" if day else "velocity off",
+    ])
 
 
 @click.group(name="rules")

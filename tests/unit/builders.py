@@ -48,7 +48,8 @@ def event(type_: str, obj: dict[str, Any], created: int, *, event_id: str | None
 
 def customer(cus: str, created: int, *, ucc: str | None = None, user: str | None = None,
              org: str | None = None, at: int | None = None, type_: str = "customer.created",
-             event_id: str | None = None, deleted: bool = False) -> bytes:
+             event_id: str | None = None, deleted: bool = False,
+             email: str | None = "someone@example.com") -> bytes:
     meta: dict[str, str] = {}
     if ucc is not None:
         meta["cello_ucc"] = ucc
@@ -58,7 +59,7 @@ def customer(cus: str, created: int, *, ucc: str | None = None, user: str | None
         meta["new_user_organization_id"] = org
     obj: dict[str, Any] = {
         "id": cus, "object": "customer", "created": created, "metadata": meta,
-        "email": "someone@example.com", "balance": 0, "livemode": False,
+        "email": email, "balance": 0, "livemode": False,
     }
     if deleted:
         obj["deleted"] = True
@@ -124,8 +125,9 @@ def invoice_paid(inv: str, cus: str, created: int, *, amount_paid: int, total: i
 def charge(ch: str, cus: str, created: int, *, amount: int, amount_refunded: int = 0,
            currency: str = "usd", invoice: str | None = ABSENT,
            payment_intent: str | None = None, type_: str = "charge.succeeded", at: int | None = None,
-           event_id: str | None = None) -> bytes:
-    """`invoice=ABSENT` (the default) leaves the key out, as API 2025-03-31+ does."""
+           event_id: str | None = None, card: str | None = None) -> bytes:
+    """`invoice=ABSENT` (the default) leaves the key out, as API 2025-03-31+ does; `card`: the
+    fingerprint of the card it was paid with (none by default)."""
     obj: dict[str, Any] = {
         "id": ch, "object": "charge", "customer": cus, "created": created, "currency": currency,
         "amount": amount, "amount_refunded": amount_refunded, "amount_captured": amount,
@@ -134,15 +136,20 @@ def charge(ch: str, cus: str, created: int, *, amount: int, amount_refunded: int
     }
     if invoice != ABSENT:
         obj["invoice"] = invoice
+    if card is not None:
+        obj["payment_method_details"] = {"type": "card", "card": {
+            "brand": "visa", "fingerprint": card, "last4": "4242", "exp_month": 8, "exp_year": 2030}}
     return event(type_, obj, created if at is None else at, event_id=event_id,
                  api=OLD_API if invoice != ABSENT else NEW_API)
 
 
 def refund(ch: str, cus: str, created: int, *, amount: int, amount_refunded: int, at: int,
            invoice: str | None = ABSENT, payment_intent: str | None = None,
-           currency: str = "usd", type_: str = "charge.refunded", event_id: str | None = None) -> bytes:
+           currency: str = "usd", type_: str = "charge.refunded", event_id: str | None = None,
+           card: str | None = None) -> bytes:
     return charge(ch, cus, created, amount=amount, amount_refunded=amount_refunded, currency=currency,
-                  invoice=invoice, payment_intent=payment_intent, type_=type_, at=at, event_id=event_id)
+                  invoice=invoice, payment_intent=payment_intent, type_=type_, at=at, event_id=event_id,
+                  card=card)
 
 
 def subscription(sub: str, cus: str, created: int, *, at: int, status: str = "active",
