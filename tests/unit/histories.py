@@ -6,6 +6,10 @@ invoices (monthly or annual, either API shape, linked to their charge in any of 
 docs/rules.md lists), cumulative partial refunds, one-off charges, a cancellation after
 the last invoice and a deletion at the end. Every event carries the customer's metadata as
 it was at that time, as Stripe does. The tests then shuffle, duplicate and interleave them.
+
+For the fraud signals a history can carry the customer's e-mail address (`email`), the
+fingerprint of the card its charges are paid with (`card`), and with `charges=True` a
+`charge.succeeded` for every paid invoice, so that the card shows on every payment.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ class History:
 @st.composite
 def histories(draw: st.DrawFn, cus: str = "cus_A", uccs: tuple[str, ...] = ("ucc_X", "ucc_Y"),
               user: str = "u1", currencies: tuple[str, ...] = ("usd", "eur", "gbp"),
-              conflicts: bool = True) -> History:
+              conflicts: bool = True, email: str | None = "someone@example.com", card: str | None = None,
+              charges: bool = False) -> History:
     t0 = START + draw(st.integers(0, 60)) * DAY + draw(st.integers(0, DAY - 1))
     mode = draw(st.sampled_from(["at_creation", "at_creation", "late", "never"]))
     ucc = draw(st.sampled_from(uccs))
@@ -62,7 +67,8 @@ def histories(draw: st.DrawFn, cus: str = "cus_A", uccs: tuple[str, ...] = ("ucc
 
     def cust(t: int, type_: str, deleted: bool = False) -> tuple[int, bytes]:
         u = ucc_at(t)
-        return (t, customer(cus, t0, ucc=u, user=user if u else None, at=t, type_=type_, deleted=deleted))
+        return (t, customer(cus, t0, ucc=u, user=user if u else None, at=t, type_=type_, deleted=deleted,
+                            email=email))
 
     other = None
     if mode == "at_creation":
@@ -110,6 +116,11 @@ def histories(draw: st.DrawFn, cus: str = "cus_A", uccs: tuple[str, ...] = ("ucc
                 events.append((paid_at, invoice_payment_paid(
                     inv, paid_at, charge=ch if shape == "link_charge" else None,
                     payment_intent=pi if shape == "link_intent" else None)))
+            if charges and amount:
+                events.append((paid_at, charge(
+                    ch, cus, created, at=paid_at, amount=amount, currency=currency, card=card,
+                    invoice=inv if shape == "old" else "<absent>",
+                    payment_intent=pi if shape == "link_intent" else None)))
             refunded = 0
             at = paid_at
             for _ in range(draw(st.integers(0, 2)) if amount else 0):
@@ -119,7 +130,7 @@ def histories(draw: st.DrawFn, cus: str = "cus_A", uccs: tuple[str, ...] = ("ucc
                 events.append((at, refund(
                     ch, cus, created, amount=amount, amount_refunded=refunded, at=at, currency=currency,
                     invoice=inv if shape == "old" else "<absent>",
-                    payment_intent=pi if shape == "link_intent" else None,
+                    payment_intent=pi if shape == "link_intent" else None, card=card,
                     type_=draw(st.sampled_from(["charge.refunded", "charge.updated"])))))
             # a dispute, often closed later; as Stripe allows, refunds and the disputed amount
             # together stay within the charge
@@ -146,13 +157,14 @@ def histories(draw: st.DrawFn, cus: str = "cus_A", uccs: tuple[str, ...] = ("ucc
         at = t0 + draw(st.integers(1, 200)) * DAY
         end = max(end, at)
         amount = draw(st.integers(1, 20000))
-        events.append((at, charge(f"ch_{cus}_once", cus, at, amount=amount, currency=currency, invoice=None)))
+        events.append((at, charge(f"ch_{cus}_once", cus, at, amount=amount, currency=currency, invoice=None,
+                                  card=card)))
         if draw(st.booleans()):
             r_at = at + draw(st.integers(1, 30)) * DAY
             end = max(end, r_at)
             events.append((r_at, refund(f"ch_{cus}_once", cus, at, amount=amount,
                                         amount_refunded=draw(st.integers(1, amount)), at=r_at,
-                                        currency=currency, invoice=None)))
+                                        currency=currency, invoice=None, card=card)))
     if draw(st.booleans()):
         gone = end + draw(st.integers(1, 30)) * DAY
         events.append(cust(gone, "customer.deleted", deleted=True))

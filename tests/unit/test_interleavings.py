@@ -11,8 +11,11 @@ Histories: several customers (one referral each) of two referrers across the par
 with invoice_payment.paid links that travel through the invoice stage, partial refunds
 before or after their links, subscriptions, late attributions, conflicts, unsupported
 currencies, large rewards, payout runs and review decisions of the cases they open, the
-outcomes of the payouts the runs make (paid, failed, returned) and manual adjustments.
-Every referrer's history (`refstream audit`, `/referrers/{ucc}/history`) is the same too.
+outcomes of the payouts the runs make (paid, failed, returned) and manual adjustments; and
+the fraud signals: customers sharing e-mail addresses and cards (whose tokens meet in the
+invoice stage's identity joins), referrers linked to their own customers at any point of
+the log, and bursts of signups. Every referrer's history (`refstream audit`,
+`/referrers/{ucc}/history`) is the same too.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from processors.rules import referrer
 from processors.rules.engine import Engine
 from processors.rules.money import DAY
 from schemas import control
-from schemas.rules import parse_rules
+from schemas.rules import RuleBook, parse_rules
 from tests.unit.conftest import make_rules
 from tests.unit.histories import histories
 from tests.unit.pipeline_sim import Sim, replay
@@ -41,6 +44,7 @@ reward_months = 12
 hold_days = 0
 late_attribution_days = 30
 reward_one_off_charges = true
+max_signups_per_day = 1
 
 [currency.usd]
 max_reward_per_referral = 6000
@@ -59,7 +63,10 @@ reward_percent = 40
 [campaigns.partners.currency.usd]
 max_reward_per_referral = 9000
 """
-RULES = parse_rules(RULES_TEXT)
+# with an identity key, so that e-mail addresses and cards are compared (docs/rules.md#fraud-signals)
+RULES = RuleBook.of(parse_rules(RULES_TEXT), b"identity-key-for-the-interleavings")
+EMAILS = ("ana@example.com", "Ana+x@Example.com", "bea@example.com", "cruz@example.com", None)
+CARDS = ("fp_1", "fp_2", "fp_3", None)
 
 
 def revised(n: int, percent: int, cap: int) -> str:
@@ -77,7 +84,8 @@ def logs(draw: st.DrawFn) -> list[bytes | control.ControlRecord]:
     events: list[tuple[int, bytes]] = []
     for i in range(customers):
         h = draw(histories(cus=f"cus_{i}", user=f"u{i}", uccs=("ucc_X", "ucc_Y"),
-                           currencies=("usd", "eur", "gbp")))
+                           currencies=("usd", "eur", "gbp"), email=draw(st.sampled_from(EMAILS)),
+                           card=draw(st.sampled_from(CARDS)), charges=draw(st.booleans())))
         events += h.events
     events.sort(key=lambda e: e[0])
     items: list[bytes | control.ControlRecord] = [b for _, b in events]
@@ -99,6 +107,11 @@ def logs(draw: st.DrawFn) -> list[bytes | control.ControlRecord]:
         items.insert(at, control.CampaignAssignment(
             draw(st.sampled_from(["ucc_X", "ucc_Y"])), draw(st.sampled_from(["partners", "default"])),
             now, "ops", "test"))
+    # referrers' own customers, linked anywhere (the customer may not have been seen yet)
+    for at in draw(st.lists(st.integers(0, len(items)), max_size=2)):
+        now = times[min(at, len(times) - 1)]
+        ucc, own = draw(st.sampled_from(["ucc_X", "ucc_Y"])), f"cus_{draw(st.integers(0, customers - 1))}"
+        items.insert(at, control.ReferrerLink(ucc, own, now, "ops", "own"))
     # decisions of cases the log opens, anywhere (one made before its case exists changes nothing)
     engine = Engine(RULES)
     cases: list[tuple[str, str]] = []
