@@ -98,6 +98,7 @@ class Stack:
     procs: list[Proc] = field(default_factory=list)
     posted: list[bytes] = field(default_factory=list)
     web_token: str | None = None  # REFSTREAM_WEB_TOKEN of the workers started from now on
+    identity_key: str | None = None  # REFSTREAM_IDENTITY_KEY of every process (and of `expected`)
 
     def __post_init__(self) -> None:
         self.topics = Topics("sandbox", self.prefix)
@@ -116,6 +117,8 @@ class Stack:
         )
         if self.web_token:
             env["REFSTREAM_WEB_TOKEN"] = self.web_token
+        if self.identity_key:
+            env["REFSTREAM_IDENTITY_KEY"] = self.identity_key
         env.update(extra)
         return env
 
@@ -280,7 +283,8 @@ class Stack:
     async def expected(self) -> list[bytes]:
         """What the pure Engine emits for what was posted (in that order) and the control
         records on the control topic, each after everything posted before it."""
-        engine = Engine(load_rules(RULES))
+        key = self.identity_key.encode() if self.identity_key else None
+        engine = Engine(load_rules(RULES), identity_key=key)
         out = [r for body in self.posted for r in engine.feed_stripe(body)]
         for raw in await self.control_records():
             out += engine.feed_control(raw)
