@@ -311,13 +311,14 @@ def parse_customer(obj: dict[str, Any], path: str = "data.object") -> Customer:
         meta = _opt_dict(obj, "metadata", path)
     deleted = get("deleted") is True
     created = _oint(obj, "created", path) if deleted else _int(obj, "created", path)
+    email = get("email")
     return Customer(
         _id(obj, path), created, deleted,
         # no metadata at all (most updates of unattributed customers): no lookups
         _meta(meta, "cello_ucc") if meta else None,
         _meta(meta, "new_user_id") if meta else None,
         _meta(meta, "new_user_organization_id") if meta else None,
-        _text_or_none(get("email")),
+        (email.strip() or None) if type(email) is str else None,
     )
 
 
@@ -329,13 +330,10 @@ def _text_or_none(v: object) -> str | None:
     return None
 
 
-def _card_fingerprint(obj: dict[str, Any]) -> str | None:
-    """The fingerprint of the card a charge was paid with, in both API shapes
-    (`payment_method_details.card.fingerprint`; `card_present` for a card-present payment).
+def _card_fingerprint(details: dict[str, Any]) -> str | None:
+    """The fingerprint of the card a charge was paid with, from its `payment_method_details`
+    in both API shapes (`card.fingerprint`; `card_present`'s for a card-present payment).
     Read as evidence only: an unexpected shape reads as none, never as an error."""
-    details = obj.get("payment_method_details")
-    if type(details) is not dict:
-        return None
     for kind in ("card", "card_present"):
         card = details.get(kind)
         if type(card) is dict:
@@ -571,7 +569,8 @@ def parse_charge(obj: dict[str, Any], path: str = "data.object") -> Charge:
         intent = _ref(obj, "payment_intent", path)
     return Charge(
         charge_id, customer, created, currency, amount, refunded, invoice,
-        "invoice" in obj and obj["invoice"] is None, intent, _card_fingerprint(obj),
+        "invoice" in obj and obj["invoice"] is None, intent,
+        _card_fingerprint(details) if type(details := get("payment_method_details")) is dict else None,
     )
 
 

@@ -130,10 +130,13 @@ def _charge_step(state: ChargeState | None, message: ChargeSeen | DisputeSeen
     return new, [] if new.customer_id is None else [_update(new.customer_id, message)]
 
 
+_IDENTITY = (IdentitySeen, OwnIdentity)
+
+
 def step(
     state: InvoiceLinkState | ChargeState | IdentityState | None, message: InvoiceMessage, rules: RuleBook
 ) -> tuple[InvoiceLinkState | ChargeState | IdentityState, list[Routed]]:
-    if isinstance(message, IdentitySeen | OwnIdentity):
+    if isinstance(message, _IDENTITY):  # a tuple: no union built per call
         assert state is None or isinstance(state, IdentityState)
         return _identity_step(state, message)
     if isinstance(message, ChargeSeen | DisputeSeen):

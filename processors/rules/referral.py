@@ -129,10 +129,10 @@ def step(
         return _on_link(state, message, rules)
     if isinstance(message, DisputeUpdate):
         return _on_dispute(state or CustomerState(message.customer_id), message)
-    if isinstance(message, IdentityMatch):
-        # what an identity join found about this customer's referral: its referrer decides
-        return state or CustomerState(message.customer_id), [Routed(REFERRER, message.ucc, message)]
-    if isinstance(message, ReferrerLink):
+    if not isinstance(message, StripeEvent):  # one check on the way of every Stripe event
+        if isinstance(message, IdentityMatch):
+            # what an identity join found about this customer's referral: its referrer decides
+            return state or CustomerState(message.customer_id), [Routed(REFERRER, message.ucc, message)]
         return _on_own(state or CustomerState(message.customer_id), message)
     obj = message.object
     key = message.customer_id
@@ -512,6 +512,8 @@ def _flush_disputes(s: CustomerState, out: list[Routed]) -> CustomerState:
 
 
 def dumps(s: CustomerState) -> bytes:
+    # a customer without identity evidence encodes as before the fraud signals
+    fraud = [s.identities, s.owns] if s.identities or s.owns else []
     return orjson.dumps([
         s.customer_id, s.created, s.ucc, s.referral_id, s.attributed_at, s.conflicts, s.deleted_at,
         {k: [v.snapshot_at, v.ended_at, v.ended_by, v.reported] for k, v in (s.subscriptions or {}).items()},
@@ -524,8 +526,7 @@ def dumps(s: CustomerState) -> bytes:
         s.charges,
         {k: [d.charge_id, d.payment_intent_id, d.status, d.amount, d.created, d.event_id]
          for k, d in (s.disputes or {}).items()},
-        s.identities,
-        s.owns,
+        *fraud,
     ])
 
 

@@ -934,8 +934,16 @@ def _check_velocity(tx: _Tx, t: int) -> None:
     24-hour window [s, s + 1 day) with more than its `max_signups_per_day` signups is
     suspect. Only windows holding `t` changed, and each starts at a signup time in
     (t − 1 day, t], so only referrals signed up within a day of `t` are looked at."""
-    near = sorted((r.signed_up_at, rid) for rid, r in tx.referrals.items()
-                  if t - 2 * DAY < r.signed_up_at < t + 2 * DAY)
+    close = 0
+    for r in tx.referrals.values():
+        if -DAY < r.signed_up_at - t < DAY:
+            close += 1
+            if close > 1:
+                break
+    else:
+        return  # alone within a day of t: no window holds more than one signup, and a limit is ≥ 1
+    lo, hi = t - 2 * DAY, t + 2 * DAY
+    near = sorted((r.signed_up_at, rid) for rid, r in tx.referrals.items() if lo < r.signed_up_at < hi)
     times = [at for at, _ in near]
     # the windows that hold t: (start index, number of signups in it)
     windows = [(i, bisect_left(times, times[i] + DAY) - i) for i in range(len(times))
