@@ -290,3 +290,24 @@ def test_a_named_campaign_is_held_to_the_same_limits(tmp_path: Path) -> None:
                    '[campaigns.partners]\nmax_referrals_per_card = 500\n')
     with pytest.raises(RulesError, match=r"campaigns.partners.max_referrals_per_card.*from 0 \(no check\)"):
         load_rules(bad)
+
+
+def test_a_short_identity_key_is_refused_naming_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from refstream.settings import SettingsError, identity_key_from_env
+
+    monkeypatch.setenv("REFSTREAM_IDENTITY_KEY", "secret")
+    with pytest.raises(SettingsError, match="6 characters long; use at least 16") as err:
+        identity_key_from_env()
+    assert "secret" not in str(err.value)  # a key is never echoed
+    monkeypatch.setenv("REFSTREAM_IDENTITY_KEY", " ")
+    assert identity_key_from_env() is None
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["ucc_X", "--customer", "ana@example.com", "--reason", "own"], "is not a Stripe customer id"),
+    (["ucc_X", "--customer", "cus_A", "--reason", " "], "the reason is empty"),
+    (["", "--customer", "cus_A", "--reason", "own"], "the referrer's code is empty"),
+])
+def test_referrers_link_refuses_what_is_not_a_link(args: list[str], problem: str) -> None:
+    result = CliRunner().invoke(main, ["referrers", "link", *args])
+    assert result.exit_code == 2 and problem in result.output
