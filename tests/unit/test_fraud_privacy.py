@@ -5,8 +5,8 @@ state replay builds; only the stripe-events log itself keeps what Stripe sent.""
 
 from __future__ import annotations
 
-from processors import invoice_link, referral, referrer
-from processors.engine import Engine
+from processors.rules import invoice_link, referral, referrer
+from processors.rules.engine import Engine
 from schemas import control
 from schemas.commands import SUSPECTED_FRAUD
 from schemas.rules import RuleBook

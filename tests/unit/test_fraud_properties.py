@@ -14,7 +14,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors.engine import Engine
+from processors.rules.engine import Engine
 from schemas import commands, control
 from schemas.commands import SUSPECTED_FRAUD, ReviewCase
 from schemas.rules import RuleBook
