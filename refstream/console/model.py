@@ -486,7 +486,28 @@ def why(kind: str, d: dict[str, Any], ucc: str, rules: Rules) -> str:
     if kind == commands.LARGE_REWARD:
         return (f"The reward for {d.get('payment_id', '?')} of customer {customer} is {m('amount')}, above "
                 f"review_above ({m('review_above')}). Approve releases it; reject voids the referral.")
+    if kind == commands.SUSPECTED_FRAUD:
+        return _why_fraud(d, customer, ucc)
     return f"A case of kind {kind}."
+
+
+def _why_fraud(d: dict[str, Any], customer: Any, ucc: str) -> str:
+    """A fraud signal in words (docs/rules.md#fraud-signals). The case holds no e-mail address or
+    card, not even as a token: the operator looks the customer up in Stripe."""
+    signal = d.get("signal")
+    verdict = "Approve releases what the referral holds; reject voids the referral."
+    if signal == commands.SELF_REFERRAL:
+        return (f"Self-referral: customer {customer} shows an e-mail address or a card that one of "
+                f"{ucc}'s own customers shows (see the customer in Stripe). {verdict}")
+    if signal == commands.SHARED_CARD:
+        limit = d.get("max_referrals_per_card", "?")
+        return (f"Shared card: a card customer {customer} paid with has paid for more referrals than the "
+                f"{limit} the rules allow per card (see the customer's payment methods in Stripe). {verdict}")
+    if signal == commands.VELOCITY:
+        limit = d.get("max_signups_per_day", "?")
+        return (f"Velocity: {ucc} had more than {limit} signups within 24 hours, this referral's among "
+                f"them. {verdict}")
+    return f"Suspected fraud (signal {signal}). {verdict}"
 
 
 _MONEY_KEYS = ("base", "amount", "amount_refunded", "review_above")

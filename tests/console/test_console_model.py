@@ -6,8 +6,9 @@ from __future__ import annotations
 from projections.demo import customer, invoice_paid, late_attribution_example, ts, worked_example
 from refstream.console import model
 from schemas import control
-from schemas.commands import LATE_ATTRIBUTION, UNSUPPORTED_CURRENCY
-from tests.console.helpers import fold_of
+from schemas.commands import LATE_ATTRIBUTION, SHARED_CARD, SUSPECTED_FRAUD, UNSUPPORTED_CURRENCY, VELOCITY
+from schemas.rules import load_rules
+from tests.console.helpers import RULES, fold_of
 
 JAN10 = ts("2026-01-10")
 MARCH = ts("2026-03-01")
@@ -95,3 +96,14 @@ def test_notes_show_dates_and_money_not_unix_seconds_and_minor_units() -> None:
         "dispute dp_1 of ch_1 lost: €5.00 of €119.00"
     assert model.readable("instalment 2 of 12, earned 1770768000") == \
         "instalment 2 of 12, earned 2026-02-11 00:00 UTC"
+
+
+def test_a_fraud_case_says_which_signal_fired_and_its_limit_in_words() -> None:
+    rules = load_rules(RULES)
+    card = model.why(SUSPECTED_FRAUD, {"signal": SHARED_CARD, "customer_id": "cus_B",
+                                       "max_referrals_per_card": 1}, "ucc_X", rules)
+    assert card.startswith("Shared card: a card customer cus_B paid with")
+    assert "than the 1 the rules allow per card" in card
+    burst = model.why(SUSPECTED_FRAUD, {"signal": VELOCITY, "max_signups_per_day": 10}, "ucc_X", rules)
+    assert burst.startswith("Velocity: ucc_X had more than 10 signups within 24 hours")
+    assert all("reject voids the referral" in text for text in (card, burst))
