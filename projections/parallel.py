@@ -12,6 +12,7 @@ sees in one process: the figures, and so every report, are byte-identical to `--
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import pickle
@@ -45,6 +46,8 @@ def _serve_shard(conn: multiprocessing.connection.Connection, book: Any, follow_
     feed_referrer, feed_control = engine.feed_referrer, engine.feed_control_record
     while True:
         message = pickle.loads(conn.recv_bytes())
+        if message[0] == "stop":  # the fold ended early (a damaged export): nothing to answer
+            return
         if message[0] == "as_of":
             conn.send_bytes(pickle.dumps((figures_of(engine, message[1]), peak_rss_mib()),
                                          protocol=pickle.HIGHEST_PROTOCOL))
@@ -109,7 +112,11 @@ class Shards:
         return merged, rss
 
     def close(self) -> None:
+        # a shard waiting for records never sees its pipe close (every shard forked after it
+        # holds a copy of this end): without "stop" each one took the 5 s join below to end
         for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send_bytes(pickle.dumps(("stop",)))
             pipe.close()
         for proc in self.procs:
             proc.join(timeout=5)
