@@ -38,6 +38,10 @@ MODULES = (
     "processors/rules/referrer.py", "processors/rules/engine.py", "processors/alignment.py",
     "processors/rules/identity.py",
 )
+# what the compiled modules import and type-check against but mypyc must not compile: the
+# msgspec structs (mypyc would drop their class options), copied into the build, and hashed
+# with the sources, since the compiled code is built against their field types
+IMPORTED = ("schemas/stripe_records.py",)
 log = logging.getLogger("refstream.compiled")
 
 
@@ -46,7 +50,7 @@ def _fingerprint() -> dict[str, object]:
     return {
         "python": sys.version.split()[0],
         "abi": sysconfig.get_config_var("EXT_SUFFIX"),
-        "sources": {m: hashlib.sha256((ROOT / m).read_bytes()).hexdigest() for m in MODULES},
+        "sources": {m: hashlib.sha256((ROOT / m).read_bytes()).hexdigest() for m in (*MODULES, *IMPORTED)},
     }
 
 
@@ -102,7 +106,7 @@ def build() -> int:
     fingerprint = _fingerprint()
     with tempfile.TemporaryDirectory(prefix="refstream-mypyc-") as tmp:
         work = Path(tmp)
-        for m in MODULES:
+        for m in (*MODULES, *IMPORTED):
             (work / m).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / m, work / m)
         for pkg in ("schemas", "processors", "processors/rules"):

@@ -1,7 +1,8 @@
-"""Typed, frozen records for the Stripe objects the reward rules read (docs/rules.md#stripe-input).
+"""Reading the Stripe objects the reward rules read (docs/rules.md#stripe-input).
 
 `parse_event(raw)` reads a verified webhook body with orjson and keeps only what the rules
-need. Both API shapes are read: before 2025-03-31 (`charge.invoice`, `invoice.charge`,
+need, as the frozen records of schemas/stripe_records.py (re-exported here). Both API
+shapes are read: before 2025-03-31 (`charge.invoice`, `invoice.charge`,
 `invoice.subscription`, lines' `type`/`proration`) and after (`invoice.parent
 .subscription_details.subscription`, `invoice.payments`, `invoice_payment` objects, lines'
 `parent`). Unknown fields are ignored. A body that is not what its type promises raises
@@ -10,12 +11,28 @@ need. Both API shapes are read: before 2025-03-31 (`charge.invoice`, `invoice.ch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from schemas.frozen import fast_init
+from schemas.stripe_records import (
+    Charge,
+    Customer,
+    Dispute,
+    Invoice,
+    InvoiceLine,
+    InvoicePayment,
+    StripeEvent,
+    StripeObject,
+    Subscription,
+)
+
+__all__ = [
+    "CHARGE_TYPES", "CUSTOMER_TYPES", "DISPUTE_TYPES", "INVOICE_PAYMENT_TYPES", "INVOICE_TYPES", "MAX_AMOUNT",
+    "READ_TYPES", "SUBSCRIPTION_TYPES", "Charge", "Customer", "Dispute", "Invoice", "InvoiceLine",
+    "InvoicePayment", "StripeEvent", "StripeObject", "StripeParseError", "Subscription", "parse_envelope",
+    "parse_event", "read_envelope",
+]
 
 # Event types the rules read (docs/rules.md#stripe-input); ingest writes these and answers 200 to the rest.
 CUSTOMER_TYPES = frozenset({"customer.created", "customer.updated", "customer.deleted"})
@@ -39,129 +56,6 @@ class StripeParseError(ValueError):
         self.path = path
         self.problem = problem
         super().__init__(f"{path}: {problem}")
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Customer:
-    id: str
-    created: int | None  # absent on the bare `deleted_customer` object
-    deleted: bool
-    # metadata, trimmed; empty counts as missing (docs/rules.md#attribution)
-    ucc: str | None
-    new_user_id: str | None
-    organization_id: str | None
-    # identity evidence (docs/rules.md#fraud-signals): the stage that reads it keeps only a
-    # keyed hash of it; None when absent or not a string
-    email: str | None
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Subscription:
-    id: str
-    customer: str | None
-    created: int | None
-    status: str | None
-    canceled_at: int | None
-    ended_at: int | None
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class InvoiceLine:
-    amount: int
-    period_start: int | None
-    period_end: int | None
-    subscription: bool  # a subscription item's line (not an invoice item)
-    proration: bool
-    price: str | None  # the Stripe price and product it bills (its plan: docs/rules.md#the-rules-file)
-    product: str | None
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Invoice:
-    id: str
-    customer: str | None
-    created: int
-    currency: str
-    amount_paid: int
-    total: int | None
-    total_excluding_tax: int | None
-    paid_at: int | None
-    subscription: str | None
-    charge: str | None  # before 2025-03-31
-    payment_intent: str | None  # before 2025-03-31
-    payment_charges: tuple[str, ...]  # from `payments` (2025-03-31 and later), when included
-    payment_intents: tuple[str, ...]
-    lines: tuple[InvoiceLine, ...]
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Charge:
-    id: str
-    customer: str | None
-    created: int
-    currency: str
-    amount: int
-    amount_refunded: int
-    invoice: str | None
-    one_off: bool  # an explicit `"invoice": null` (docs/rules.md#rewards); absent (2025-03-31+) is unknown
-    payment_intent: str | None
-    # `payment_method_details.card.fingerprint` (or `card_present`'s): identity evidence, kept
-    # only as a keyed hash by the stage that reads it (docs/rules.md#fraud-signals)
-    card_fingerprint: str | None
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class InvoicePayment:
-    id: str
-    invoice: str
-    created: int | None
-    charge: str | None
-    payment_intent: str | None
-    status: str | None
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Dispute:
-    """A charge's dispute (docs/rules.md#disputes): it names its charge, never a customer."""
-
-    id: str
-    charge: str
-    payment_intent: str | None
-    created: int | None
-    currency: str
-    amount: int  # the disputed amount
-    status: str  # warning_needs_response … needs_response, under_review, won, lost, …
-
-
-StripeObject = Customer | Subscription | Invoice | Charge | InvoicePayment | Dispute
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class StripeEvent:
-    id: str
-    type: str
-    created: int
-    livemode: bool
-    api_version: str | None
-    object: StripeObject | None  # None for a type the rules do not read
-
-    @property
-    def customer_id(self) -> str | None:
-        """The Stripe customer the event is about (the log's key), if any."""
-        obj = self.object
-        if isinstance(obj, Customer):
-            return obj.id
-        if obj is None or isinstance(obj, InvoicePayment | Dispute):
-            return None
-        return obj.customer
 
 
 # --- field readers: each names the path of what it rejects -------------------------------

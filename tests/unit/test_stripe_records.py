@@ -1,0 +1,57 @@
+"""The Stripe records are frozen msgspec structs (schemas/stripe_records.py,
+docs/performance.md#stripe-records), and still what every caller relied on when they were
+frozen dataclasses: built by position or by name, equal and hashed by value, never changed
+after construction, and pickled whole (replay hands records between processes)."""
+
+from __future__ import annotations
+
+import pickle
+
+import msgspec
+import pytest
+
+from schemas import stripe, stripe_records
+
+RECORDS = [
+    cls for cls in vars(stripe_records).values()
+    if isinstance(cls, type) and issubclass(cls, msgspec.Struct) and cls.__module__ == stripe_records.__name__
+]
+
+
+def test_every_record_is_exported_by_the_reader() -> None:
+    assert {cls.__name__ for cls in RECORDS} == {
+        "Customer", "Subscription", "InvoiceLine", "Invoice", "Charge", "InvoicePayment", "Dispute",
+        "StripeEvent",
+    }
+    for cls in RECORDS:
+        assert getattr(stripe, cls.__name__) is cls
+
+
+@pytest.mark.parametrize("cls", RECORDS, ids=lambda c: c.__name__)
+def test_a_record_is_frozen_and_equal_by_value(cls: type[msgspec.Struct]) -> None:
+    names = cls.__struct_fields__
+    values = [f"v{i}" for i in range(len(names))]
+    record = cls(*values)
+    assert [getattr(record, n) for n in names] == values
+    assert record == cls(**dict(zip(names, values, strict=True)))
+    assert record != cls(*values[:-1], "other")
+    assert hash(record) == hash(cls(*values))
+    assert pickle.loads(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)) == record
+    changed = msgspec.structs.replace(record, **{names[0]: "other"})
+    assert getattr(changed, names[0]) == "other" and getattr(record, names[0]) == "v0"
+    with pytest.raises(AttributeError):
+        setattr(record, names[0], "x")
+    with pytest.raises(TypeError):
+        cls(*values[:-1])  # a missing field is refused
+
+
+def test_a_parsed_event_pickles_and_compares_whole() -> None:
+    raw = (b'{"id":"evt_1","object":"event","type":"invoice.paid","created":1767225600,"livemode":false,'
+           b'"data":{"object":{"id":"in_1","object":"invoice","customer":"cus_1","created":1767225600,'
+           b'"currency":"usd","amount_paid":1900,"lines":{"data":[{"amount":1900,"type":"subscription",'
+           b'"period":{"start":1767225600,"end":1769904000}}]}}}}')
+    event = stripe.parse_event(raw)
+    again = pickle.loads(pickle.dumps(event, protocol=pickle.HIGHEST_PROTOCOL))
+    assert again == event and hash(again) == hash(event)
+    assert isinstance(again.object, stripe.Invoice) and again.object.lines[0].subscription is True
+    assert again.customer_id == "cus_1"
