@@ -439,8 +439,7 @@ class ReferrerStage(Stage):
                 # an assignment or an adjustment may come before the referrer's first signup;
                 # a decision or an outcome for a referrer with nothing changes nothing
                 produced = self.apply(store, ucc, mid, record, partition=partition,
-                                      store_new=isinstance(record, control.CampaignAssignment
-                                                           | control.LedgerAdjustment))
+                                      store_new=referrer.opens_referrer(record))
             except Exception as exc:
                 outs += self.dead_letter(fake, f"referrer stage failed for {ucc}: {exc!r}")
                 continue

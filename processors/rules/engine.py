@@ -76,6 +76,11 @@ class Engine:
         self.invoices: dict[str, InvoiceLinkState] = {}
         self.referrers: dict[str, ReferrerState] = {}
         self.latest = 0  # the latest event or control time seen: the default "as of"
+        # payout runs (docs/performance.md#payout-runs): by ucc, the state a run left the
+        # referrer in, the book it was priced with, and the referrer's `due_at` then (None
+        # while not known yet); a referrer still in that state, not due by a run's as_of,
+        # only has the run's id noted
+        self._due: dict[str, tuple[ReferrerState, RuleBook, int | None, bool]] = {}
 
     @property
     def rules(self) -> Rules:
@@ -112,37 +117,52 @@ class Engine:
     def feed_control_record(self, record: control.ControlRecord) -> list[Routed]:
         if isinstance(record, control.PayoutRun):
             self.latest = max(self.latest, record.requested_at)
-            # a payout run reaches every referrer, in a stable order; stepped directly (one
-            # envelope per referrer would be the run's main cost), then their outputs in order
-            referrers, rules, step = self.referrers, self.book, referrer.step
-            produced: list[Routed] = []
-            for ucc in sorted(referrers):
-                referrers[ucc], out = step(referrers[ucc], record, rules)
-                produced += out
-            return self._run(produced) if produced else []
+            return self._payout_run(record)
         if isinstance(record, control.ControlPlaced):
             return []  # where a control event takes effect; the merged log already says it
         if isinstance(record, control.RulesRevision):
             if self.follow_log:
                 self.book = self.book.adding(revision_of(record))
             return []
-        if isinstance(record, control.CampaignAssignment):
-            return self._run([Routed(REFERRER, record.ucc, record)])
         if isinstance(record, control.ReferrerLink):
             # takes effect at the customer it names (docs/rules.md#fraud-signals)
             return self._run([Routed(CUSTOMER, record.customer_id, record)])
-        if isinstance(record, control.LedgerAdjustment):
-            self.latest = max(self.latest, record.at)
-            return self._run([Routed(REFERRER, record.ucc, record)])  # a referrer may start with one
-        if isinstance(record, control.PayoutOutcome):
+        if isinstance(record, control.LedgerAdjustment | control.PayoutOutcome):
             self.latest = max(self.latest, record.at)
         elif isinstance(record, control.ReviewDecision):
             self.latest = max(self.latest, record.decided_at)
-        else:
+        elif not isinstance(record, control.CampaignAssignment):
             return []  # a referrer's payout account: for `payouts execute`, not the ledger
-        if record.ucc not in self.referrers:
-            return []  # no such referrer (yet): nothing to decide or pay back
+        if record.ucc not in self.referrers and not referrer.opens_referrer(record):
+            return []  # for no referrer (yet): its rule says it changes nothing
         return self._run([Routed(REFERRER, record.ucc, record)])
+
+    def _payout_run(self, run: control.PayoutRun) -> list[Routed]:
+        """A payout run reaches every referrer, in a stable order, stepped directly (one
+        envelope per referrer would be the run's main cost), then their outputs in order.
+
+        A referrer the previous run left as it is now, and whose `due_at` is later than this
+        run's as_of, has nothing this run can pay or open: it only has the run's id noted,
+        without a look at its referrals (docs/performance.md#payout-runs). Its `due_at` is
+        worked out once, at the first run that finds it unchanged; any step in between makes
+        it another state, which the next run steps in full."""
+        referrers, book, step, known = self.referrers, self.book, referrer.step, self._due
+        produced: list[Routed] = []
+        for ucc in sorted(referrers):
+            state = referrers[ucc]
+            seen = known.get(ucc)
+            if seen is not None and seen[0] is state and seen[1] is book:
+                due = seen[2] if seen[3] else referrer.due_at(state, book)
+                if due is None or due > run.as_of:
+                    state = referrers[ucc] = referrer.note_run(state, run)
+                    known[ucc] = (state, book, due, True)
+                    continue
+            state, out = step(state, run, book)
+            referrers[ucc] = state
+            known[ucc] = (state, book, None, False)
+            if out:
+                produced += out
+        return self._run(produced) if produced else []
 
     def _run(self, first: Iterable[Routed]) -> list[Routed]:
         queue = deque(first)

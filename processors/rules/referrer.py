@@ -460,12 +460,12 @@ def step(
             _open_waiting_refunds(tx, message)
             state, opened = tx.done()
         payable = _payable(state.referrals, None, message.as_of, _disputed(state.disputes), state.ledger)
-        if not payable:
-            return _new(ReferrerState, (state.ucc, state.referrals, state.earned, state.reversed, state.paid,
-                                        state.cases, (*state.runs, message.run_id), state.campaigns,
-                                        state.disputes, state.payouts, state.ledger, state.lines)), opened
+        # min_payout and the revision the commands carry
+        priced = book.at(message.as_of).campaign(campaign_at(state.campaigns, message.as_of))
+        if not payable or not any(_reaches(b, c, priced) for c, b in _balances(payable).items()):
+            return note_run(state, message), opened  # nothing to pay: the run's id, no working copy
         tx = _Tx(state, book)
-        tx.price(message.as_of)  # min_payout and the revision the commands carry
+        tx.rules = priced
         _on_payout_run(tx, message, payable)
         state, out = tx.done()
         return state, opened + out
@@ -1059,6 +1059,87 @@ def _payable(referrals: dict[str, ReferralState], currency: str | None, as_of: i
     return out
 
 
+def _balances(payable: list[Entry]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in payable:
+        out[e.currency] = out.get(e.currency, 0) + e.amount
+    return out
+
+
+def _reaches(balance: int, currency: str, rules: Rules) -> bool:
+    """Whether a payable balance is paid out: it reaches the currency's min_payout (1 for a
+    currency the rules do not configure); a smaller or negative one carries over."""
+    cfg = rules.currency_rules(currency)
+    return balance >= (cfg.min_payout if cfg else 1)
+
+
+def note_run(state: ReferrerState, run: PayoutRun) -> ReferrerState:
+    """What a payout run does to a referrer it pays nothing and opens nothing for: its id is
+    recorded (once), so the same run id again pays nothing more."""
+    if run.run_id in state.runs:
+        return state
+    return _new(ReferrerState, (state.ucc, state.referrals, state.earned, state.reversed, state.paid,
+                                state.cases, (*state.runs, run.run_id), state.campaigns, state.disputes,
+                                state.payouts, state.ledger, state.lines))
+
+
+# `due_at` of a referrer a run must always step (a refund case waits to open)
+ALWAYS = -(2**62)
+
+
+def due_at(state: ReferrerState, book: RuleBook) -> int | None:
+    """The earliest `as_of` at which a payout run can do more for this referrer than
+    `note_run`: open a waiting refund case, or pay a currency. None: no run can, whatever its
+    `as_of`, until the referrer changes. Never later than the truth: every unpaid earning
+    counts, whether or not a review case or a dispute pauses it and without the reversals
+    that lower the balance, against the smallest min_payout any revision or campaign of
+    `book` sets, so a run with an earlier `as_of` finds nothing to pay (the engine's payout
+    runs skip such referrers: docs/performance.md#payout-runs)."""
+    if state.cases and any(c.status == WAITING for c in state.cases.values()):
+        return ALWAYS
+    earnings: dict[str, list[tuple[int, int]]] = {}
+    for r in state.referrals.values():
+        for e in r.entries:
+            if e.amount > 0:
+                earnings.setdefault(e.currency, []).append((e.payable_at, e.amount))
+    for e in state.ledger:
+        if e.amount > 0:
+            earnings.setdefault(e.currency, []).append((e.payable_at, e.amount))
+    due: int | None = None
+    for currency, items in earnings.items():
+        floor = min_payout_floor(book, currency)
+        items.sort()
+        total = 0
+        for at, amount in items:
+            total += amount
+            if total >= floor:
+                if due is None or at < due:
+                    due = at
+                break
+    return due
+
+
+def min_payout_floor(book: RuleBook, currency: str) -> int:
+    """The smallest min_payout of `currency` in any revision and campaign of `book` (1 where
+    one does not configure the currency)."""
+    floor: int | None = None
+    for revision in book.revisions:
+        default = revision.rules
+        for rules in (default, *default.campaigns.values()):
+            cfg = rules.currency_rules(currency)
+            least = cfg.min_payout if cfg else 1
+            if floor is None or least < floor:
+                floor = least
+    return 1 if floor is None else floor
+
+
+def opens_referrer(message: ReferrerMessage) -> bool:
+    """Whether `message` makes a referrer of a ucc with no state yet: every domain event, an
+    assignment or an adjustment does; a payout run, a review decision or a payout's outcome
+    for a referrer with nothing changes nothing, so a caller need neither step nor store it."""
+    return not isinstance(message, PayoutRun | ReviewDecision | PayoutOutcome)
+
+
 def _on_payout_run(tx: _Tx, run: PayoutRun, payable: list[Entry]) -> None:
     tx.runs = (*tx.runs, run.run_id)
     rules = tx.rules
@@ -1071,8 +1152,7 @@ def _on_payout_run(tx: _Tx, run: PayoutRun, payable: list[Entry]) -> None:
     for currency in sorted(by_currency):
         entries = by_currency[currency]
         balance = sum(e.amount for e in entries)
-        cfg = rules.currency_rules(currency)
-        if balance < (cfg.min_payout if cfg else 1):
+        if not _reaches(balance, currency, rules):
             continue  # a small or negative balance carries over
         payout_id = fact_id("payout", tx.ucc, run.run_id, currency)
         tx.out.append(Routed(PAYOUTS, tx.ucc, PayoutCommand(
