@@ -11,7 +11,14 @@
 Prints the numbers and writes bench/results/pipeline.json. Uses its own broker (a
 private `refstream kafka up` on a free port) unless REFSTREAM_KAFKA_BOOTSTRAP is set.
 
+The catch-up also reports the worker's CPU per event folded (its process's user + system
+CPU time over the events it finished), the figure that follows the core's speed. With
+`--before DIR` (a copy of an earlier commit, compiled the way `make install` compiles it) or
+`--before interpreted` (this checkout with REFSTREAM_INTERPRETED=1), a first catch-up runs
+that worker over its own copy of the same events, and both figures are printed side by side.
+
     .venv/bin/python bench/pipeline.py [--events 200000] [--rate 500] [--seconds 20]
+    .venv/bin/python bench/pipeline.py --before /tmp/refstream-before --no-latency
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -368,6 +376,80 @@ async def hops(
     return out
 
 
+async def catch_up(bootstrap: str, cluster: localkafka.Cluster | None, env: dict[str, str],
+                   args: argparse.Namespace, label: str, profile: Path | None,
+                   procs: list[subprocess.Popen[bytes]], prefix: str | None = None) -> dict[str, Any]:
+    """Preload `args.events` into stripe-events of `prefix` (fresh topics when None) and time
+    one worker (run with `env`) from its start until it has caught up; its CPU per event."""
+    fresh = prefix is None
+    prefix = prefix or f"bench{uuid.uuid4().hex[:6]}"
+    t = Topics("sandbox", prefix)
+    if fresh:
+        subprocess.run([REFSTREAM, "topics", "create", "--prefix", prefix, "--env", "sandbox",
+                        "--partitions", str(PARTITIONS)], env=env, check=True, capture_output=True)
+    tmp = Path(env["REFSTREAM_DATA_DIR"]).parent
+    data = Path(env["REFSTREAM_DATA_DIR"]) / (label.split()[0] if label else "worker")
+    env = {**env, "REFSTREAM_DATA_DIR": str(data)}
+    tag = f"{label}: " if label else ""
+    sent, took = await preload(bootstrap, t.stripe_events, args.events)
+    print(f"{tag}preloaded {sent} events into {t.stripe_events} in {took:.1f}s")
+    preloaded = {"events": sent, "seconds": round(took, 1)}
+
+    # our own broker's CPU during the catch-up: its share of the work per event
+    broker_pids = [pid for n in cluster.nodes if (pid := localkafka._read_pid(n)) is not None] \
+        if cluster is not None else []
+    broker_cpu0 = sum(cpu_seconds(pid) for pid in broker_pids)
+    web = free_port()
+    t0 = time.monotonic()
+    log_path = tmp / f"worker{'-' + label.split()[0] if label else ''}.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen([REFSTREAM, "worker", "--web-port", str(web), "--topic-prefix", prefix],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+    procs.append(worker)
+    spy = None
+    if profile is not None:
+        spy = py_spy(worker.pid, profile)
+    await wait_http(f"http://127.0.0.1:{web}/readyz", worker, 120)
+    ready = time.monotonic() - t0
+    done = False
+    while not (done := await caught_up(bootstrap, f"{prefix}-sandbox", t)):
+        if worker.poll() is not None:
+            raise SystemExit(f"the worker exited with {worker.returncode}; see {log_path}")
+        if time.monotonic() - t0 > args.max_catch_up_s:
+            break
+        await asyncio.sleep(1.0)
+    took = time.monotonic() - t0
+    cpu = cpu_seconds(worker.pid)
+    broker_cpu = sum(cpu_seconds(pid) for pid in broker_pids) - broker_cpu0
+    finished = sent if done else await committed_events(bootstrap, f"{prefix}-sandbox", t.stripe_events)
+    rate = finished / took
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{web}/readyz") as resp:
+        stats = await resp.json(content_type=None)
+    if done:
+        print(f"{tag}one worker: start → caught up in {took:.1f}s (ready after {ready:.1f}s): "
+              f"{rate:,.0f} events/s")
+    else:
+        print(f"{tag}one worker: NOT caught up after {took:.0f}s: {finished} of {sent} events finished "
+              f"(stage 1 committed): {rate:,.0f} events/s")
+    out = {"caught_up": done, "seconds": round(took, 1), "events_finished": finished,
+           "ready_after_s": round(ready, 1), "events_per_s": round(rate),
+           "target_events_per_s": 5000, "met": done and rate >= 5000,
+           "worker_cpu_s": round(cpu, 1), "events_per_cpu_s": round(finished / cpu),
+           "worker_cpu_us_per_event": round(1e6 * cpu / finished, 1),
+           "broker_cpu_s": round(broker_cpu, 1) if broker_pids else None,
+           "load_average_after": os.getloadavg(), "worker_stats": stats, "preload": preloaded}
+    print(f"  the worker used {cpu:.0f} CPU seconds: {finished / cpu:,.0f} events per CPU second, "
+          f"{1e6 * cpu / finished:,.0f} µs per event"
+          + (f"; the broker {broker_cpu:.0f} CPU seconds" if broker_pids else "")
+          + f"; load average {os.getloadavg()[0]:.1f}")
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        spy.wait(timeout=60)
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=60)
+    return out
+
+
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
@@ -384,6 +466,11 @@ async def main() -> int:
     ap.add_argument("--profile-latency", type=Path, default=None,
                     help="Sample the worker with py-spy during the latency run (its steady state) "
                          "and write collapsed stacks to this file.")
+    ap.add_argument("--before", default=None,
+                    help="First time a worker run from this directory (a compiled copy of an earlier "
+                         "commit), or 'interpreted' (this checkout's interpreted core), on its own copy "
+                         "of the events, and print both workers' CPU per event.")
+    ap.add_argument("--no-latency", action="store_true", help="Only the catch-up.")
     ap.add_argument("--trace-fetches", type=Path, default=None,
                     help="Trace the latency-run worker's Kafka fetches into this directory and print "
                          "where records waited (bench/fetch_trace.py).")
@@ -402,7 +489,7 @@ async def main() -> int:
     env.update(REFSTREAM_KAFKA_BOOTSTRAP=bootstrap, REFSTREAM_STRIPE_SECRETS_SANDBOX=SECRET,
                REFSTREAM_DATA_DIR=str(tmp / "data"), REFSTREAM_RULES=str(ROOT / "examples" / "rules.toml"))
     procs: list[subprocess.Popen[bytes]] = []
-    result: dict[str, object] = {"events": args.events, "partitions": PARTITIONS,
+    result: dict[str, Any] = {"events": args.events, "partitions": PARTITIONS,
                                  "guarantee": "at-least-once stages + watermarks + transactional publisher "
                                               "(effectively exactly-once outputs, docs/pipeline.md)",
                                  "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -410,139 +497,106 @@ async def main() -> int:
     try:
         subprocess.run([REFSTREAM, "topics", "create", "--prefix", prefix, "--env", "sandbox",
                         "--partitions", str(PARTITIONS)], env=env, check=True, capture_output=True)
-        sent, took = await preload(bootstrap, t.stripe_events, args.events)
-        print(f"preloaded {sent} events into {t.stripe_events} in {took:.1f}s")
-        result["preload"] = {"events": sent, "seconds": round(took, 1)}
-
-        # our own broker's CPU during the catch-up: its share of the work per event
+        if args.before is not None:
+            before_env = dict(env)
+            if args.before == "interpreted":
+                before_env["REFSTREAM_INTERPRETED"] = "1"
+            else:
+                before_env["PYTHONPATH"] = str(Path(args.before).resolve())
+            label = "before" if args.before != "interpreted" else "before (interpreted core)"
+            result["catch_up_before"] = await catch_up(bootstrap, cluster, before_env, args, label, None,
+                                                       procs)
+            result["catch_up_before"]["worker_code"] = args.before
+        result["catch_up"] = await catch_up(bootstrap, cluster, env, args, "after" if args.before else "",
+                                            args.profile, procs, prefix=prefix)
         broker_pids = [pid for n in cluster.nodes if (pid := localkafka._read_pid(n)) is not None] \
             if cluster is not None else []
-        broker_cpu0 = sum(cpu_seconds(pid) for pid in broker_pids)
-        web = free_port()
-        t0 = time.monotonic()
-        with (tmp / "worker.log").open("wb") as log:
-            worker = subprocess.Popen([REFSTREAM, "worker", "--web-port", str(web), "--topic-prefix", prefix],
-                                      env=env, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(worker)
-        spy = None
-        if args.profile is not None:
-            spy = py_spy(worker.pid, args.profile)
-        await wait_http(f"http://127.0.0.1:{web}/readyz", worker, 120)
-        ready = time.monotonic() - t0
-        done = False
-        while not (done := await caught_up(bootstrap, f"{prefix}-sandbox", t)):
-            if worker.poll() is not None:
-                raise SystemExit(f"the worker exited with {worker.returncode}; see {tmp / 'worker.log'}")
-            if time.monotonic() - t0 > args.max_catch_up_s:
-                break
-            await asyncio.sleep(1.0)
-        took = time.monotonic() - t0
-        cpu = cpu_seconds(worker.pid)
-        broker_cpu = sum(cpu_seconds(pid) for pid in broker_pids) - broker_cpu0
-        finished = sent if done else await committed_events(bootstrap, f"{prefix}-sandbox", t.stripe_events)
-        rate = finished / took
-        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{web}/readyz") as resp:
-            stats = await resp.json(content_type=None)
-        if done:
-            print(f"one worker: start → caught up in {took:.1f}s (ready after {ready:.1f}s): "
-                  f"{rate:,.0f} events/s")
-        else:
-            print(f"one worker: NOT caught up after {took:.0f}s: {finished} of {sent} events finished "
-                  f"(stage 1 committed): {rate:,.0f} events/s")
-        result["catch_up"] = {"caught_up": done, "seconds": round(took, 1), "events_finished": finished,
-                              "ready_after_s": round(ready, 1), "events_per_s": round(rate),
-                              "target_events_per_s": 5000, "met": done and rate >= 5000,
-                              "worker_cpu_s": round(cpu, 1), "events_per_cpu_s": round(finished / cpu),
-                              "broker_cpu_s": round(broker_cpu, 1) if broker_pids else None,
-                              "load_average_after": os.getloadavg(), "worker_stats": stats}
-        print(f"  the worker used {cpu:.0f} CPU seconds: {finished / cpu:,.0f} events per CPU second"
-              + (f"; the broker {broker_cpu:.0f} CPU seconds" if broker_pids else "")
-              + f"; load average {os.getloadavg()[0]:.1f}")
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-            spy.wait(timeout=60)
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
+        if args.before is not None:
+            before, after = result["catch_up_before"], result["catch_up"]
+            print(f"worker CPU per event folded: before {before['worker_cpu_us_per_event']} µs, "
+                  f"after {after['worker_cpu_us_per_event']} µs "
+                  f"(×{before['worker_cpu_us_per_event'] / after['worker_cpu_us_per_event']:.2f})")
+        if not args.no_latency:
+            # latency on a caught-up worker: fresh topics, no backlog
+            prefix = f"bench{uuid.uuid4().hex[:6]}"
+            t = Topics("sandbox", prefix)
+            subprocess.run([REFSTREAM, "topics", "create", "--prefix", prefix, "--env", "sandbox",
+                            "--partitions", str(PARTITIONS)], env=env, check=True, capture_output=True)
+            web = free_port()
+            command, worker_env = [REFSTREAM], env
+            if args.trace_fetches is not None:
+                args.trace_fetches.mkdir(parents=True, exist_ok=True)
+                command = [sys.executable, "-c", "from bench.fetch_trace import run; run()"]
+                worker_env = {**env, "PYTHONPATH": str(ROOT),
+                              "REFSTREAM_BENCH_FETCH_TRACE_DIR": str(args.trace_fetches.resolve())}
+            with (tmp / "worker-2.log").open("wb") as log:
+                worker = subprocess.Popen(
+                    [*command, "worker", "--web-port", str(web), "--topic-prefix", prefix],
+                    env=worker_env, stdout=log, stderr=subprocess.STDOUT)
+            procs.append(worker)
+            await wait_http(f"http://127.0.0.1:{web}/readyz", worker, 120)
 
-        # latency on a caught-up worker: fresh topics, no backlog
-        prefix = f"bench{uuid.uuid4().hex[:6]}"
-        t = Topics("sandbox", prefix)
-        subprocess.run([REFSTREAM, "topics", "create", "--prefix", prefix, "--env", "sandbox",
-                        "--partitions", str(PARTITIONS)], env=env, check=True, capture_output=True)
-        web = free_port()
-        command, worker_env = [REFSTREAM], env
-        if args.trace_fetches is not None:
-            args.trace_fetches.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "-c", "from bench.fetch_trace import run; run()"]
-            worker_env = {**env, "PYTHONPATH": str(ROOT),
-                          "REFSTREAM_BENCH_FETCH_TRACE_DIR": str(args.trace_fetches.resolve())}
-        with (tmp / "worker-2.log").open("wb") as log:
-            worker = subprocess.Popen([*command, "worker", "--web-port", str(web), "--topic-prefix", prefix],
-                                      env=worker_env, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(worker)
-        await wait_http(f"http://127.0.0.1:{web}/readyz", worker, 120)
+            ingest_port = free_port()
+            with (tmp / "ingest.log").open("wb") as log:
+                ingest = subprocess.Popen(
+                    [REFSTREAM, "ingest", "--port", str(ingest_port), "--topic-prefix", prefix],
+                    env=env, stdout=log, stderr=subprocess.STDOUT)
+            procs.append(ingest)
+            await wait_http(f"http://127.0.0.1:{ingest_port}/readyz", ingest, 60)
+            if args.warmup_s > 0:
+                warm = await latency(bootstrap, t, f"http://127.0.0.1:{ingest_port}", args.rate,
+                                     args.warmup_s, with_hops=False)
+                print(f"warm-up at {warm['achieved_rate_per_s']}/s for {args.warmup_s}s: "
+                      f"p50 {warm['p50_s']}s, p99 {warm['p99_s']}s (not counted)")
+            spy = None
+            if args.profile_latency is not None:
+                spy = py_spy(worker.pid, args.profile_latency)
+            # steady-state CPU per webhook: the worker's, its broker's and ingest's during the run
+            # (the client's wait for the last notifications adds a little idle time, no CPU)
+            cpu0 = {"worker": cpu_seconds(worker.pid), "worker_system": system_seconds(worker.pid),
+                    "ingest": cpu_seconds(ingest.pid), "broker": sum(cpu_seconds(pid) for pid in broker_pids),
+                    "bench_client": time.process_time()}
+            threads0 = broker_threads(broker_pids)
+            stats0 = await worker_stats(web)
+            lat = await latency(bootstrap, t, f"http://127.0.0.1:{ingest_port}", args.rate, args.seconds)
+            cpu1 = {"worker": cpu_seconds(worker.pid), "worker_system": system_seconds(worker.pid),
+                    "ingest": cpu_seconds(ingest.pid), "broker": sum(cpu_seconds(pid) for pid in broker_pids),
+                    "bench_client": time.process_time()}
+            stats1 = await worker_stats(web)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=60)
+            n = int(lat["webhooks"])  # type: ignore[call-overload]
+            threads1 = broker_threads(broker_pids)
+            lat["broker_cpu_ms_per_webhook_by_thread"] = {
+                k: round(1000 * (v - threads0.get(k, 0.0)) / n, 3) for k, v in threads1.items()}
+            used = {k: cpu1[k] - cpu0[k] for k in cpu0 if k != "broker" or broker_pids}
+            lat["cpu_ms_per_webhook"] = {k: round(1000 * v / n, 3) for k, v in used.items()}
+            lat["worker_stats_delta"] = {k: round(stats1[k] - stats0[k], 3) for k in stats1
+                                         if isinstance(stats1.get(k), int | float)
+                                         and isinstance(stats0.get(k), int | float)
+                                         and k != "last_batch_at"}
+            lat["load_average_after"] = os.getloadavg()
+            print("  CPU ms per webhook: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                        lat["cpu_ms_per_webhook"].items())  # type: ignore[attr-defined]
+                  + " (broker: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                             lat["broker_cpu_ms_per_webhook_by_thread"].items())  # type: ignore[attr-defined]
+                  + f"); load average {os.getloadavg()[0]:.1f}")
+            lat["target_p99_s"] = 2.0
+            p99 = lat["p99_s"]
+            lat["met"] = isinstance(p99, float) and p99 < 2.0 and lat["missing"] == 0
+            print(f"ingest 200 → notification at {lat['achieved_rate_per_s']}/s: p50 {lat['p50_s']}s, "
+                  f"p99 {p99}s, max {lat['max_s']}s ({lat['notifications_seen']}/{lat['webhooks']} seen)")
+            print(f"  p50 by fifth of the run: {lat['p50_s_by_fifth_of_run']}")
+            print("  hops (ms): " + "; ".join(f"{k} p50 {v['p50']} p99 {v['p99']}"  # type: ignore[index]
+                                            for k, v in lat["hops_ms"].items()))  # type: ignore[attr-defined]
+            result["latency"] = lat
+            if args.trace_fetches is not None:
+                from bench.fetch_trace import summary
 
-        ingest_port = free_port()
-        with (tmp / "ingest.log").open("wb") as log:
-            ingest = subprocess.Popen(
-                [REFSTREAM, "ingest", "--port", str(ingest_port), "--topic-prefix", prefix],
-                env=env, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(ingest)
-        await wait_http(f"http://127.0.0.1:{ingest_port}/readyz", ingest, 60)
-        if args.warmup_s > 0:
-            warm = await latency(bootstrap, t, f"http://127.0.0.1:{ingest_port}", args.rate, args.warmup_s,
-                                 with_hops=False)
-            print(f"warm-up at {warm['achieved_rate_per_s']}/s for {args.warmup_s}s: p50 {warm['p50_s']}s, "
-                  f"p99 {warm['p99_s']}s (not counted)")
-        spy = None
-        if args.profile_latency is not None:
-            spy = py_spy(worker.pid, args.profile_latency)
-        # steady-state CPU per webhook: the worker's, its broker's and ingest's during the run
-        # (the client's wait for the last notifications adds a little idle time, no CPU)
-        cpu0 = {"worker": cpu_seconds(worker.pid), "worker_system": system_seconds(worker.pid),
-                "ingest": cpu_seconds(ingest.pid), "broker": sum(cpu_seconds(pid) for pid in broker_pids),
-                "bench_client": time.process_time()}
-        threads0 = broker_threads(broker_pids)
-        stats0 = await worker_stats(web)
-        lat = await latency(bootstrap, t, f"http://127.0.0.1:{ingest_port}", args.rate, args.seconds)
-        cpu1 = {"worker": cpu_seconds(worker.pid), "worker_system": system_seconds(worker.pid),
-                "ingest": cpu_seconds(ingest.pid), "broker": sum(cpu_seconds(pid) for pid in broker_pids),
-                "bench_client": time.process_time()}
-        stats1 = await worker_stats(web)
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(timeout=60)
-        n = int(lat["webhooks"])  # type: ignore[call-overload]
-        threads1 = broker_threads(broker_pids)
-        lat["broker_cpu_ms_per_webhook_by_thread"] = {
-            k: round(1000 * (v - threads0.get(k, 0.0)) / n, 3) for k, v in threads1.items()}
-        used = {k: cpu1[k] - cpu0[k] for k in cpu0 if k != "broker" or broker_pids}
-        lat["cpu_ms_per_webhook"] = {k: round(1000 * v / n, 3) for k, v in used.items()}
-        lat["worker_stats_delta"] = {k: round(stats1[k] - stats0[k], 3) for k in stats1
-                                     if isinstance(stats1.get(k), int | float)
-                                     and isinstance(stats0.get(k), int | float)
-                                     and k != "last_batch_at"}
-        lat["load_average_after"] = os.getloadavg()
-        print("  CPU ms per webhook: " + ", ".join(f"{k} {v:.2f}" for k, v in
-                                                    lat["cpu_ms_per_webhook"].items())  # type: ignore[attr-defined]
-              + " (broker: " + ", ".join(f"{k} {v:.2f}" for k, v in
-                                         lat["broker_cpu_ms_per_webhook_by_thread"].items())  # type: ignore[attr-defined]
-              + f"); load average {os.getloadavg()[0]:.1f}")
-        lat["target_p99_s"] = 2.0
-        p99 = lat["p99_s"]
-        lat["met"] = isinstance(p99, float) and p99 < 2.0 and lat["missing"] == 0
-        print(f"ingest 200 → notification at {lat['achieved_rate_per_s']}/s: p50 {lat['p50_s']}s, "
-              f"p99 {p99}s, max {lat['max_s']}s ({lat['notifications_seen']}/{lat['webhooks']} seen)")
-        print(f"  p50 by fifth of the run: {lat['p50_s_by_fifth_of_run']}")
-        print("  hops (ms): " + "; ".join(f"{k} p50 {v['p50']} p99 {v['p99']}"  # type: ignore[index]
-                                        for k, v in lat["hops_ms"].items()))  # type: ignore[attr-defined]
-        result["latency"] = lat
-        if args.trace_fetches is not None:
-            from bench.fetch_trace import summary
-
-            trace = args.trace_fetches / f"fetch-{worker.pid}.tsv"
-            print(f"fetch trace {trace} (after the warm-up):")
-            print(summary(str(trace), skip=args.warmup_s / (args.warmup_s + args.seconds)))
+                trace = args.trace_fetches / f"fetch-{worker.pid}.tsv"
+                print(f"fetch trace {trace} (after the warm-up):")
+                print(summary(str(trace), skip=args.warmup_s / (args.warmup_s + args.seconds)))
     finally:
         for p in procs:
             if p.poll() is None:
