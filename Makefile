@@ -37,9 +37,11 @@ chromium:
 	@test -x "$(CHROMIUM)" || { echo "make test: $(CHROMIUM) is missing. The console's browser tests drive Debian's" \
 		"chromium: install it with \`sudo apt-get install -y chromium\` (or set REFSTREAM_CHROMIUM to a Chromium binary)."; exit 1; }
 
-# Everything CI runs. The test session starts its own Kafka broker.
+# Everything CI runs. The test session starts its own Kafka broker. Two processes share the
+# tests (pytest-xdist): most broker tests wait on Kafka or a worker (docs/testing.md).
+TEST_JOBS ?= 2
 test: lint chromium
-	@$(BIN)/pytest -q; rc=$$?; \
+	@$(BIN)/pytest -q -n $(TEST_JOBS) --dist loadgroup --durations=10; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 clean:

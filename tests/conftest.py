@@ -2,14 +2,23 @@
 
 The broker is the project's own `refstream kafka up` machinery on a free port and a
 temporary data dir, unless REFSTREAM_KAFKA_BOOTSTRAP points at a running one.
+
+`make test` runs the suite in two processes (pytest-xdist, docs/testing.md): the first of
+them that needs the broker starts it, the other uses the same one, and the controlling
+process stops it at the end; the reliability table of tests/faults/ is gathered from both.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
+import json
 import os
 import random
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,10 +54,16 @@ class Broker:
 
 
 @pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+def kafka_broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Broker]:
     external = os.environ.get("REFSTREAM_KAFKA_BOOTSTRAP")
     if external:
         yield Broker(external, None)
+        return
+    shared = getattr(request.config, "workerinput", {}).get(SHARED_KAFKA)
+    if shared:  # an xdist worker: the controller stops the broker (pytest_unconfigure)
+        yield _shared_broker(Path(shared))
         return
     cluster = localkafka.Cluster(tmp_path_factory.mktemp("kafka"), port=_free_port_pair())
     localkafka.up(cluster)
@@ -56,6 +71,99 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield Broker(cluster.bootstrap, cluster)
     finally:
         localkafka.down(cluster.data_dir)
+
+
+def _shared_broker(folder: Path) -> Broker:
+    """The broker all xdist workers share: started by the first that asks, under a lock."""
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        started = folder / "broker.json"
+        if not started.exists():
+            cluster = localkafka.Cluster(folder / "kafka", port=_free_port_pair())
+            localkafka.up(cluster)
+            started.write_text(json.dumps({"port": cluster.port}))
+        port = json.loads(started.read_text())["port"]
+    cluster = localkafka.Cluster(folder / "kafka", port=port)
+    return Broker(cluster.bootstrap, cluster)
+
+
+# --- the controlling process of an xdist run (`make test`) -----------------------------------
+
+SHARED_KAFKA = "refstream_shared_kafka"
+_shared_dir = pytest.StashKey[Path]()
+_reliability_rows = pytest.StashKey[dict[str, Any]]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Before each worker starts: the folder of the broker they share. The broker jars are
+    resolved here once (on a fresh checkout Maven fetches them), not by two workers at once."""
+    config = node.config
+    if _shared_dir not in config.stash:
+        config.stash[_shared_dir] = Path(tempfile.mkdtemp(prefix="refstream-tests-kafka-"))
+        with contextlib.suppress(localkafka.KafkaError):  # no Maven or Java: the tests say so
+            localkafka.resolve_jars()
+    node.workerinput[SHARED_KAFKA] = str(config.stash[_shared_dir])
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist worker: which tests share an `xdist_group`, for the controller's scheduler."""
+    shared = getattr(config, "workerinput", {}).get(SHARED_KAFKA)
+    if shared and getattr(config.option, "loadgroup", False):
+        groups = {item.nodeid: str(mark.args[0]) for item in items
+                  if (mark := item.get_closest_marker("xdist_group")) is not None}
+        written = Path(shared) / f"groups-{os.getpid()}.json"
+        written.write_text(json.dumps(groups))
+        written.replace(Path(shared) / "groups.json")  # every worker writes the same
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)  # ahead of xdist's own
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` as xdist documents it: tests of one `xdist_group` go to one worker,
+    every other test to whichever worker is free. xdist 3.8 reads the groups from node ids,
+    which pytest 9 no longer lets a plugin change, so the workers write them to a file."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    folder = config.stash[_shared_dir]
+
+    class ByGroup(LoadScopeScheduling):  # type: ignore[misc]
+        groups: dict[str, str] = {}  # noqa: RUF012 - replaced once, before scheduling
+
+        def schedule(self) -> None:
+            found = folder / "groups.json"
+            self.groups = json.loads(found.read_text()) if found.exists() else {}
+            super().schedule()
+
+        def _split_scope(self, nodeid: str) -> str:
+            return self.groups.get(nodeid, nodeid)
+
+    return ByGroup(config, log)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """A worker is done: keep the rows it added to the reliability table."""
+    rows = getattr(node, "workeroutput", {}).get("reliability")
+    if rows:
+        node.config.stash.setdefault(_reliability_rows, {}).update(rows)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    rows = session.config.stash.get(_reliability_rows, None)
+    if rows:
+        from tests.faults.conftest import write_report
+
+        write_report(rows)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_shared_dir, None)
+    if folder is not None:
+        localkafka.down(folder / "kafka")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -76,6 +76,15 @@ def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.Cl
             localkafka.stop_node(node, hard=True)
 
 
+@pytest.hookimpl(tryfirst=True)  # before tests/conftest.py reads the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist (`make test`, `--dist loadgroup`) the tests on the 3-node cluster run in one
+    worker, one after the other: one cluster of three JVMs, not one per worker."""
+    for item in items:
+        if "cluster3" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("cluster3"))
+
+
 def restart_nodes(cluster: localkafka.Cluster) -> None:
     """Start the nodes of the cluster that are down (with the small heap), wait until all answer."""
     old = os.environ.get("KAFKA_HEAP_OPTS")
@@ -234,16 +243,25 @@ KEPT_FROM = "<!-- kept: bench/fuzz.py -->"
 
 
 @pytest.fixture(scope="session")
-def reliability() -> Iterator[Reliability]:
+def reliability(request: pytest.FixtureRequest) -> Iterator[Reliability]:
     table = Reliability()
     yield table
-    if table.rows:
-        existing = REPORT.read_text() if REPORT.exists() else ""
-        rendered = table.render()
-        # rewrite only when this run measured every fault test (a partial run keeps the table)
-        if len(table.rows) >= EXPECTED_ROWS or not existing:
-            kept = existing[existing.index(KEPT_FROM):] if KEPT_FROM in existing else ""
-            REPORT.write_text(rendered + ("\n" + kept if kept else ""))
+    workeroutput = getattr(request.config, "workeroutput", None)
+    if workeroutput is not None:
+        # an xdist worker holds only its own rows: the controller writes them all
+        # (pytest_testnodedown and pytest_sessionfinish in tests/conftest.py)
+        workeroutput["reliability"] = table.rows
+    elif table.rows:
+        write_report(table.rows)
+
+
+def write_report(rows: dict[str, dict[str, Any]]) -> None:
+    existing = REPORT.read_text() if REPORT.exists() else ""
+    rendered = Reliability(dict(rows)).render()
+    # rewrite only when this run measured every fault test (a partial run keeps the table)
+    if len(rows) >= EXPECTED_ROWS or not existing:
+        kept = existing[existing.index(KEPT_FROM):] if KEPT_FROM in existing else ""
+        REPORT.write_text(rendered + ("\n" + kept if kept else ""))
 
 
 # the fault tests that add a row: broker loss, stalled clients, SIGSTOP, fuzz; and the
