@@ -1,7 +1,10 @@
 """Reading the Stripe objects the reward rules read (docs/rules.md#stripe-input).
 
-`parse_event(raw)` reads a verified webhook body with orjson and keeps only what the rules
-need, as the frozen records of schemas/stripe_records.py (re-exported here). Both API
+`parse_event(raw)` reads a verified webhook body and keeps only what the rules need, as the
+frozen records of schemas/stripe_records.py (re-exported here): by msgspec into the wire
+structs of schemas/stripe_wire.py, or, for whatever that path cannot map exactly, by orjson
+and the readers below (`precise_parse_event`), with the same result for every body orjson
+accepts (docs/performance.md#decoding-with-msgspec). Both API
 shapes are read: before 2025-03-31 (`charge.invoice`, `invoice.charge`,
 `invoice.subscription`, lines' `type`/`proration`) and after (`invoice.parent
 .subscription_details.subscription`, `invoice.payments`, `invoice_payment` objects, lines'
@@ -13,8 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 
+from schemas import stripe_wire as w
 from schemas.stripe_records import (
     Charge,
     Customer,
@@ -31,7 +36,7 @@ __all__ = [
     "CHARGE_TYPES", "CUSTOMER_TYPES", "DISPUTE_TYPES", "INVOICE_PAYMENT_TYPES", "INVOICE_TYPES", "MAX_AMOUNT",
     "READ_TYPES", "SUBSCRIPTION_TYPES", "Charge", "Customer", "Dispute", "Invoice", "InvoiceLine",
     "InvoicePayment", "StripeEvent", "StripeObject", "StripeParseError", "Subscription", "parse_envelope",
-    "parse_event", "read_envelope",
+    "parse_event", "precise_parse_event", "read_envelope",
 ]
 
 # Event types the rules read (docs/rules.md#stripe-input); ingest writes these and answers 200 to the rest.
@@ -576,9 +581,248 @@ def parse_envelope(doc: Any) -> StripeEvent:
 
 
 def parse_event(raw: bytes) -> StripeEvent:
-    """Parse a webhook body. Raises StripeParseError (with the field path), nothing else."""
+    """Parse a webhook body. Raises StripeParseError (with the field path), nothing else.
+
+    The fast path (msgspec and the wire structs of schemas/stripe_wire.py) reads the common
+    shapes; whatever msgspec refuses, or the mapping below cannot map exactly, is read by
+    `precise_parse_event`. For every body orjson accepts the two give the same record or the
+    same error (docs/performance.md#decoding-with-msgspec).
+    """
+    if type(raw) is bytes and (raw.isascii() or _utf8(raw)):
+        try:
+            event = _fast_event(w.decode_event(raw))
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, _Declined):
+            pass
+        else:
+            return event
+    return precise_parse_event(raw)
+
+
+def precise_parse_event(raw: bytes) -> StripeEvent:
+    """`parse_event` by orjson and the readers alone: what the fast path must equal."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise StripeParseError("$", f"not JSON ({exc})") from None
     return parse_envelope(doc)
+
+
+# --- the fast path -------------------------------------------------------------------------
+# Maps the wire structs to the records exactly as the readers above would, or raises
+# _Declined where it cannot tell; the precise path then decides and names any error.
+
+
+class _Declined(Exception):
+    """The fast path cannot map this body exactly: the precise path reads it."""
+
+
+def _utf8(raw: bytes) -> bool:
+    """Whether a non-ASCII body is valid UTF-8 (else orjson's error is the answer). msgspec
+    skips the strings it does not read without checking them."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _ref_of(v: str | w.Ref | None) -> str | None:
+    """As `_ref`: an id, or an expanded object's non-empty id; "" and null read as none."""
+    if v is None:
+        return None
+    if type(v) is str:
+        return v or None
+    assert isinstance(v, w.Ref)
+    if not v.id:
+        raise _Declined
+    return v.id
+
+
+def _id_of_wire(v: str | w.IdOf | w.Price | None) -> str | None:
+    """As `_id_of`."""
+    if v is None:
+        return None
+    if type(v) is str:
+        return v or None
+    assert isinstance(v, w.IdOf | w.Price)
+    return v.id or None
+
+
+def _fast_currency(v: str) -> str:
+    known = _CURRENCIES.get(v)
+    if known is not None:
+        return known
+    code = v.strip().lower()
+    if len(code) != 3 or not code.isalpha() or not code.isascii():
+        raise _Declined
+    if len(_CURRENCIES) < 512:
+        _CURRENCIES[v] = code
+    return code
+
+
+def _amount_in(v: int, low: int) -> int:
+    if not low <= v <= MAX_AMOUNT:
+        raise _Declined
+    return v
+
+
+def _fast_customer(o: object) -> Customer:
+    if type(o) is not w.Customer or not o.id:
+        raise _Declined
+    deleted = o.deleted is True
+    if o.created is None and not deleted:
+        raise _Declined
+    meta = o.metadata
+    if meta is None:
+        ucc = user = org = None
+    else:
+        ucc = _text_or_none(meta.cello_ucc)
+        user = _text_or_none(meta.new_user_id)
+        org = _text_or_none(meta.new_user_organization_id)
+    return Customer(o.id, o.created, deleted, ucc, user, org, _text_or_none(o.email))
+
+
+def _fast_subscription(o: object) -> Subscription:
+    if type(o) is not w.Subscription or not o.id:
+        raise _Declined
+    return Subscription(o.id, _ref_of(o.customer), o.created, o.status or None, o.canceled_at, o.ended_at)
+
+
+def _fast_line(line: w.Line) -> InvoiceLine:
+    parent = line.parent
+    if parent is not None:
+        if parent.type is None:  # `{}` reads as no parent, `{"type": null}` as one: cannot tell
+            raise _Declined
+        is_sub = parent.type == "subscription_item_details"
+        details = parent.subscription_item_details if is_sub else None
+        proration = details is not None and details.proration is True
+    else:
+        is_sub = line.type == "subscription"
+        proration = line.proration is True
+    period = line.period
+    start, end = (None, None) if period is None else (period.start, period.end)
+    price: str | None = None
+    product: str | None = None
+    pricing = line.pricing
+    if pricing is not None and pricing.price_details is not None:
+        price = _id_of_wire(pricing.price_details.price)
+        product = _id_of_wire(pricing.price_details.product)
+    else:
+        for v in (line.price, line.plan):
+            if isinstance(v, w.Price):
+                price, product = _id_of_wire(v), _id_of_wire(v.product)
+                break
+            if v:
+                price = v
+                break
+    return InvoiceLine(line.amount, start, end, is_sub, proration, price, product)
+
+
+def _fast_invoice(o: object) -> Invoice:
+    if type(o) is not w.Invoice or not o.id:
+        raise _Declined
+    subscription = None
+    parent = o.parent
+    if parent is not None and parent.type in (None, "subscription_details") \
+            and parent.subscription_details is not None:
+        subscription = _ref_of(parent.subscription_details.subscription)
+    if subscription is None:
+        subscription = _ref_of(o.subscription)
+    charges: list[str] = []
+    intents: list[str] = []
+    payments = o.payments
+    if payments is not None:
+        for pay in payments if isinstance(payments, list) else payments.data:
+            if pay.status not in (None, "paid"):
+                continue
+            refs = pay.payment
+            if refs is not None:
+                ch = _ref_of(refs.charge)
+                pi = _ref_of(refs.payment_intent)
+                if ch:
+                    charges.append(ch)
+                if pi:
+                    intents.append(pi)
+    total: int | None = o.total  # typed: mypyc refuses a local inferred as None
+    excluding_tax: int | None = o.total_excluding_tax
+    lines = o.lines
+    data = [] if lines is None else lines if isinstance(lines, list) else lines.data
+    transitions = o.status_transitions
+    return Invoice(
+        o.id, _ref_of(o.customer), o.created, _fast_currency(o.currency),
+        _amount_in(o.amount_paid, -MAX_AMOUNT),
+        total if total is None else _amount_in(total, -MAX_AMOUNT),
+        excluding_tax if excluding_tax is None else _amount_in(excluding_tax, -MAX_AMOUNT),
+        None if transitions is None else transitions.paid_at,
+        subscription, _ref_of(o.charge), _ref_of(o.payment_intent), tuple(charges), tuple(intents),
+        tuple([_fast_line(line) for line in data]),
+    )
+
+
+def _fast_charge(o: object) -> Charge:
+    if type(o) is not w.Charge or not o.id:
+        raise _Declined
+    invoice = o.invoice
+    fingerprint = None
+    details = o.payment_method_details
+    if details is not None:
+        for card in (details.card, details.card_present):
+            if card is not None:
+                fingerprint = _text_or_none(card.fingerprint)
+                if fingerprint is not None:
+                    break
+    return Charge(
+        o.id, _ref_of(o.customer), o.created, _fast_currency(o.currency), _amount_in(o.amount, 0),
+        _amount_in(o.amount_refunded or 0, 0),
+        None if isinstance(invoice, msgspec.UnsetType) else _ref_of(invoice),
+        invoice is None, _ref_of(o.payment_intent), fingerprint,
+    )
+
+
+def _fast_invoice_payment(o: object) -> InvoicePayment:
+    if type(o) is not w.InvoicePayment or not o.id:
+        raise _Declined
+    refs = o.payment
+    charge = intent = None
+    if refs is not None:
+        charge, intent = _ref_of(refs.charge), _ref_of(refs.payment_intent)
+        if (refs.type == "charge" and charge is None) or (refs.type == "payment_intent" and intent is None):
+            raise _Declined
+    invoice = _ref_of(o.invoice)
+    if invoice is None:
+        raise _Declined
+    return InvoicePayment(o.id, invoice, o.created, charge, intent, o.status or None)
+
+
+def _fast_dispute(o: object) -> Dispute:
+    if type(o) is not w.Dispute or not o.id or not o.status:
+        raise _Declined
+    charge = _ref_of(o.charge)
+    if charge is None:
+        raise _Declined
+    return Dispute(o.id, charge, _ref_of(o.payment_intent), o.created, _fast_currency(o.currency),
+                   _amount_in(o.amount, 0), o.status)
+
+
+_FAST: dict[str, Any] = {}
+for _t in CUSTOMER_TYPES:
+    _FAST[_t] = _fast_customer
+for _t in INVOICE_TYPES:
+    _FAST[_t] = _fast_invoice
+for _t in CHARGE_TYPES:
+    _FAST[_t] = _fast_charge
+for _t in SUBSCRIPTION_TYPES:
+    _FAST[_t] = _fast_subscription
+for _t in INVOICE_PAYMENT_TYPES:
+    _FAST[_t] = _fast_invoice_payment
+for _t in DISPUTE_TYPES:
+    _FAST[_t] = _fast_dispute
+
+
+def _fast_event(env: w.Envelope) -> StripeEvent:
+    """The event from its wire envelope, or _Declined where the precise path must decide."""
+    if not env.id or not env.type:
+        raise _Declined
+    mapper = _FAST.get(env.type)
+    obj: StripeObject | None = None if mapper is None else mapper(env.data.object)
+    return StripeEvent(env.id, env.type, env.created, env.livemode, env.api_version, obj)
