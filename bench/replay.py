@@ -1,14 +1,15 @@
 """Benchmark: `refstream replay` from a JSONL.gz export and from Kafka, on ≥ 1,000,000 events.
 
-    .venv/bin/python -m bench.replay [--customers 100000] [--referrers 10000]
+    .venv/bin/python -m bench.replay [--customers 100000] [--referrers 10000] [--repeat 3]
 
 Generates the log with bench/gen.py, writes it to a real broker the way ingest and the
 CLI store it (key, headers, timestamps; a private topic prefix), exports it with
 `refstream export`'s code to JSONL.gz, then replays each source in its own process, so
 each peak RSS is that source's alone. Each source is measured twice: reading only (the
 replay side's own cost) and reading + folding with the core's Engine (what an analyst
-waits for). Writes bench/results/replay.json. Targets: ≥ 100,000 events/s from the file,
-≥ 50,000 from Kafka.
+waits for). `--repeat 3` measures each run three times and keeps the best (the most
+events/s), as issue #15 asks. Writes bench/results/replay.json. Targets (issue #15, with
+`--jobs 2` on a 2-core machine): ≥ 70,000 events/s from the file, ≥ 45,000 from Kafka.
 
 Uses REFSTREAM_KAFKA_BOOTSTRAP when set (its topics are deleted afterwards); otherwise
 starts a throwaway broker on a free port and stops it at the end.
@@ -186,12 +187,20 @@ def _measure(mode: str, source: str, bootstrap: str, prefix: str) -> dict[str, o
     return result
 
 
+def _best(repeat: int, mode: str, source: str, bootstrap: str, prefix: str) -> dict[str, object]:
+    """The fastest of `repeat` runs, with every run's rate kept beside it."""
+    runs = [_measure(mode, source, bootstrap, prefix) for _ in range(repeat)]
+    best = max(runs, key=lambda r: r["events_per_second"])  # type: ignore[arg-type,return-value]
+    return {**best, "events_per_second_each_run": [r["events_per_second"] for r in runs]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--customers", type=int, default=100_000)
     ap.add_argument("--referrers", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=RESULTS / "replay.json")
+    ap.add_argument("--repeat", type=int, default=1, help="measure each run this many times, keep the best")
     ap.add_argument("--child", nargs=2, metavar=("MODE", "SOURCE"), help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -228,12 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exported {exported:,} records in {export_s:.1f} s "
               f"({gz_mib:.0f} MiB gz)", file=sys.stderr)
         runs = {
-            "file": {"read_only": _measure("read", str(export), bootstrap, prefix),
-                     "replay_jobs_1": _measure("fold:1", str(export), bootstrap, prefix),
-                     "replay": _measure(f"fold:{JOBS}", str(export), bootstrap, prefix)},
-            "kafka": {"read_only": _measure("read", "kafka", bootstrap, prefix),
-                      "replay_jobs_1": _measure("fold:1", "kafka", bootstrap, prefix),
-                      "replay": _measure(f"fold:{JOBS}", "kafka", bootstrap, prefix)},
+            source: {"read_only": _best(args.repeat, "read", where, bootstrap, prefix),
+                     "replay_jobs_1": _best(args.repeat, "fold:1", where, bootstrap, prefix),
+                     "replay": _best(args.repeat, f"fold:{JOBS}", where, bootstrap, prefix)}
+            for source, where in (("file", str(export)), ("kafka", "kafka"))
         }
     finally:
         if cluster is not None:
@@ -248,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                    "gz_mib": round(gz_mib, 1)},
         **runs,
         "targets_events_per_second": TARGETS,
+        "repeat": args.repeat,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         # the machine is shared: a load above the core count slows every number here

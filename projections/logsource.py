@@ -207,6 +207,10 @@ class KafkaSource:
     def __iter__(self) -> Iterator[list[LogRecord]]:
         return read_in_child(self) if self.in_child else self._read_here()
 
+    def prepared(self, prepare: Callable[[list[LogRecord]], Any]) -> Iterator[Any]:
+        """`prepare(batch)` of every batch, computed by the reader process (see `read_in_child`)."""
+        return read_in_child(self, prepare) if self.in_child else map(prepare, self._read_here())
+
     def _state(self) -> dict[str, Any]:
         return {"plan": self.plan}
 
@@ -567,6 +571,10 @@ class FileSource:
     def __iter__(self) -> Iterator[list[LogRecord]]:
         return read_in_child(self) if self.in_child else self._read_here()
 
+    def prepared(self, prepare: Callable[[list[LogRecord]], Any]) -> Iterator[Any]:
+        """`prepare(batch)` of every batch, computed by the reader process (see `read_in_child`)."""
+        return read_in_child(self, prepare) if self.in_child else map(prepare, self._read_here())
+
     def _state(self) -> dict[str, Any]:
         return {"header": self.header}
 
@@ -630,11 +638,17 @@ _CHILD = (
 )
 
 
-def read_in_child(source: FileSource | KafkaSource) -> Iterator[list[LogRecord]]:
+def read_in_child(
+    source: FileSource | KafkaSource, prepare: Callable[[list[LogRecord]], Any] | None = None,
+) -> Iterator[Any]:
     """`source`'s batches, read by a child process running a copy of it with
     `in_child=False`. What the copy learns (the export header, the Kafka plan) is set on
     `source` before the batch it came with; a `SourceError` there is raised here with the
-    same message. Leaving early stops the child."""
+    same message. Leaving early stops the child.
+
+    With `prepare` (a module-level function, pickled by name), the child yields
+    `prepare(batch)` instead of the batch: work on the records (replay parses them there)
+    then runs on the reader's core, and what crosses the pipe is what `prepare` returns."""
     here = copy.copy(source)
     here.in_child = False
     proc = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -643,7 +657,7 @@ def read_in_child(source: FileSource | KafkaSource) -> Iterator[list[LogRecord]]
     try:
         with proc.stdin:
             pickle.dump(sys.path, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            pickle.dump(here, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((here, prepare), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         out, make = proc.stdout, LogRecord._make
         while True:
             try:
@@ -654,7 +668,7 @@ def read_in_child(source: FileSource | KafkaSource) -> Iterator[list[LogRecord]]
                     f"{proc.wait()}). Try again; if it happens again, its message is above."
                 ) from None
             if what == "batch":
-                yield list(map(make, item))
+                yield list(map(make, item)) if prepare is None else item
             elif what == "state":
                 for name, value in item.items():
                     setattr(source, name, value)
@@ -719,18 +733,19 @@ def answer_parent(work: Callable[[Send], None]) -> None:
 
 
 def serve_child() -> None:
-    """The child's side of `read_in_child`: reads the source from stdin, sends
-    ("state", attrs), ("batch", [tuples]), then ("end", None) or ("error", message)."""
+    """The child's side of `read_in_child`: reads the source and `prepare` from stdin,
+    sends ("state", attrs), ("batch", [tuples] or prepare(batch)), then ("end", None) or
+    ("error", message)."""
 
     def read(send: Send) -> None:
-        source = from_parent()
+        source, prepare = from_parent()
         state: dict[str, Any] | None = None
         for batch in source:
             now = source._state()
             if now != state:
                 send("state", now)
                 state = now
-            send("batch", [tuple(rec) for rec in batch])
+            send("batch", [tuple(rec) for rec in batch] if prepare is None else prepare(batch))
         send("state", source._state())
         send("end", None)
 

@@ -28,7 +28,6 @@ from projections.logsource import LogRecord
 from projections.report import Figures
 from schemas import control, events
 from schemas.stripe import parse_event
-from schemas.topics import STRIPE_EVENTS, marker_offset, placed_offset
 
 FLUSH = 2000  # records per message to a shard
 
@@ -146,29 +145,24 @@ def feed_parallel(
     progress: Callable[[int], None] | None,
 ) -> tuple[int, int, int]:
     """`replay._feed` with the referrer stage in `shards`; returns (stripe, control, skipped)."""
-    from projections.replay import UNREADABLE
+    from projections.replay import UNREADABLE, ControlValue, prepared
 
     engine.referrer_sink = shards.referrer
     stripe = control_count = skipped = 0
     feed_event, feed_control = engine.feed_event, engine.feed_control_record
-    for batch in batches:
-        for rec in batch:
-            key = rec.key
-            if key is not None and key[:1] == b"\x00" and (
-                marker_offset(key) is not None or placed_offset(key) is not None
-            ):
-                continue  # where a control event takes effect: the merge has placed it already
+    for count, values in prepared(batches):
+        for value in values:
             try:
-                if rec.kind == STRIPE_EVENTS:
-                    stripe += 1
-                    feed_event(parse_event(rec.value))
-                else:
+                if type(value) is ControlValue:
                     control_count += 1
-                    record = control.decode(rec.value)
+                    record = control.decode(value.value)
                     feed_control(record)  # this process's rule book and latest time
                     shards.control(record)
+                else:
+                    stripe += 1
+                    feed_event(parse_event(value))  # type: ignore[arg-type]
             except UNREADABLE:
                 skipped += 1
         if progress is not None:
-            progress(len(batch))
+            progress(count)
     return stripe, control_count, skipped

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from processors.rules.engine import Engine
 from projections.logsource import (
@@ -217,6 +217,40 @@ def _fold_parallel(batches: Iterable[list[LogRecord]], rules: RuleSpec, compare:
     )
 
 
+class ControlValue(NamedTuple):
+    """A control record's value in what `prepare` returns (a Stripe record's is plain bytes)."""
+
+    value: bytes
+
+
+def prepare(batch: list[LogRecord]) -> tuple[int, list[bytes | ControlValue]]:
+    """What the fold reads of a batch: its record count (for the progress bar) and, in log
+    order, each record's value, a control record's as a `ControlValue`; the markers are
+    left out (the merge has placed their control records already).
+
+    Run by the reader process when the source reads in one (`FileSource.prepared`), so
+    what crosses the pipe is a list of bytes (a copy each, ~0.2 µs a record both ways
+    together) rather than the records (~2 µs a record to pickle and rebuild); run here
+    otherwise. Both give the same list."""
+    out: list[bytes | ControlValue] = []
+    append = out.append
+    for rec in batch:
+        key = rec.key
+        if key is not None and key[:1] == b"\x00" and (
+            marker_offset(key) is not None or placed_offset(key) is not None
+        ):
+            continue  # where a control event takes effect: the merge has placed it already
+        append(rec.value if rec.kind == STRIPE_EVENTS else ControlValue(rec.value))
+    return len(batch), out
+
+
+def prepared(batches: Iterable[list[LogRecord]]) -> Iterator[tuple[int, list[bytes | ControlValue]]]:
+    """`prepare` of every batch, in the source's reader process when it has one."""
+    if isinstance(batches, (FileSource, KafkaSource)):
+        return batches.prepared(prepare)
+    return map(prepare, batches)
+
+
 def _feed(
     batches: Iterable[list[LogRecord]],
     rule_sets: list[RuleSpec],
@@ -226,34 +260,26 @@ def _feed(
     counts and the engines."""
     engines = [Engine(r.book, follow_log=r.follow_log) for r in rule_sets]
     stripe = control = skipped = 0
-    for batch in batches:
-        for rec in batch:
-            is_stripe = rec.kind == STRIPE_EVENTS
-            key = rec.key
-            if key is not None and key[:1] == b"\x00" and (
-                marker_offset(key) is not None or placed_offset(key) is not None
-            ):
-                continue  # where a control event takes effect: the merge has placed it already
-            if is_stripe:
-                stripe += 1
-            else:
-                control += 1
+    for count, values in prepared(batches):
+        for value in values:
             try:
                 # parsed once, folded by each engine
-                if is_stripe:
-                    event = parse_event(rec.value)
-                    for engine in engines:
-                        engine.feed_event(event)
-                else:
-                    order = decode_control(rec.value)
+                if type(value) is ControlValue:
+                    control += 1
+                    order = decode_control(value.value)
                     for engine in engines:
                         engine.feed_control_record(order)
+                else:
+                    stripe += 1
+                    event = parse_event(value)  # type: ignore[arg-type]
+                    for engine in engines:
+                        engine.feed_event(event)
             except UNREADABLE:
                 # The live worker dead-letters a record it cannot read and goes on; replay
                 # skips and counts it, so both fold the same remaining log.
                 skipped += 1
         if progress is not None:
-            progress(len(batch))
+            progress(count)
     return (stripe, control, skipped), engines
 
 

@@ -31,6 +31,19 @@ def test_a_file_read_in_a_child_process_gives_the_records_and_header_read_here(e
     assert there.header == here.header is not None
 
 
+def test_what_replay_prepares_in_the_reader_process_is_what_it_prepares_here(export_gz):
+    # replay parses in its own process; the reader sends each record's value (markers left out)
+    from projections.replay import ControlValue, prepare
+
+    there = FileSource(export_gz, headers=False)
+    got = list(there.prepared(prepare))
+    assert got == list(FileSource(export_gz, headers=False, in_child=False).prepared(prepare))
+    assert got == [prepare(batch) for batch in FileSource(export_gz, in_child=False)]
+    assert sum(count for count, _ in got) == len(records())
+    assert any(type(v) is ControlValue for _, values in got for v in values)
+    assert there.header is not None
+
+
 def test_a_damaged_line_read_in_a_child_process_fails_with_the_same_message(tmp_path):
     path = tmp_path / "log.jsonl"
     write_export(path, records())
