@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
 import queue
 import resource
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import fields
@@ -70,7 +72,12 @@ def _serve_shard(conn: multiprocessing.connection.Connection, book: Any, follow_
         if message[0] == "as_of":
             conn.send_bytes(pickle.dumps((figures_of(engine, message[1]), peak_rss_mib()),
                                          protocol=pickle.HIGHEST_PROTOCOL))
-            return
+            # Ends at once: freeing the shard's state object by object (~340 MB on the
+            # bench log) took ~0.35 s, and the fold waits for the shard to end.
+            conn.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         for ucc, raw, is_control in message[1]:
             if is_control:
                 feed_control(control.decode(raw))
