@@ -149,7 +149,9 @@ class Shards:
             self._post(i, pickle.dumps(("records", self.pending[i]), protocol=pickle.HIGHEST_PROTOCOL))
             self.pending[i] = []
 
-    def figures(self, as_of: int) -> tuple[dict[tuple[str, str], Figures], list[float]]:
+    def ask(self, as_of: int) -> None:
+        """Sends what is left and asks every shard for its figures at `as_of`; `answers`
+        collects them (in between the fold may free its own state)."""
         for i in range(self.n):
             self._flush(i)
             self._post(i, pickle.dumps(("as_of", as_of)))
@@ -158,6 +160,8 @@ class Shards:
             sender.join()
         if self.failed:
             raise self.failed[0]
+
+    def answers(self) -> tuple[dict[tuple[str, str], Figures], list[float]]:
         merged: dict[tuple[str, str], Figures] = {}
         rss: list[float] = []
         for pipe in self.pipes:
