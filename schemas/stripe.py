@@ -136,11 +136,29 @@ def _list_data(d: dict[str, Any], key: str, path: str) -> list[Any]:
     raise StripeParseError(f"{path}.{key}", f"expected a list object with `data`, got {_type_name(v)}")
 
 
+_CURRENCIES: dict[str, str] = {}  # a spelling seen → its code: most events repeat a few
+
+
+def _currency_code(v: str) -> str | None:
+    """The 3-letter ISO code `v` spells (trimmed, lower case), or None if it spells none."""
+    known = _CURRENCIES.get(v)
+    if known is not None:
+        return known
+    code = v.strip().lower()
+    if len(code) != 3 or not code.isalpha() or not code.isascii():
+        return None
+    if len(_CURRENCIES) < 512:
+        _CURRENCIES[v] = code
+    return code
+
+
 def _currency(d: dict[str, Any], key: str, path: str) -> str:
-    v = _req_str(d, key, path).strip().lower()
-    if len(v) != 3 or not v.isalpha() or not v.isascii():
-        raise StripeParseError(f"{path}.{key}", f"expected a 3-letter ISO currency code, got {v!r}")
-    return v
+    v = _req_str(d, key, path)
+    code = _currency_code(v)
+    if code is None:
+        got = v.strip().lower()
+        raise StripeParseError(f"{path}.{key}", f"expected a 3-letter ISO currency code, got {got!r}")
+    return code
 
 
 def _meta(meta: dict[str, Any], key: str) -> str | None:
@@ -159,18 +177,6 @@ def _expect_object(obj: dict[str, Any], name: str, path: str) -> None:
 
 # The parsers below take the common case inline (a plain type check, no call) and fall
 # back to the readers above, which normalise the rare shapes or raise with the path.
-_CURRENCIES: dict[str, str] = {}
-
-
-def _cur(obj: dict[str, Any], path: str) -> str:
-    v = obj.get("currency")
-    known = _CURRENCIES.get(v) if type(v) is str else None
-    if known is not None:
-        return known
-    code = _currency(obj, "currency", path)
-    if type(v) is str and len(_CURRENCIES) < 512:
-        _CURRENCIES[v] = code
-    return code
 
 
 def _sid(obj: dict[str, Any], key: str, path: str) -> str | None:
@@ -392,7 +398,7 @@ def parse_invoice(obj: dict[str, Any], path: str = "data.object") -> Invoice:
     currency = get("currency")
     currency = _CURRENCIES.get(currency) if type(currency) is str else None
     if currency is None:
-        currency = _cur(obj, path)
+        currency = _currency(obj, "currency", path)
     amount_paid = get("amount_paid")
     if type(amount_paid) is not int:
         amount_paid = _req_int(obj, "amount_paid", path)
@@ -459,7 +465,7 @@ def parse_charge(obj: dict[str, Any], path: str = "data.object") -> Charge:
     currency = get("currency")
     currency = _CURRENCIES.get(currency) if type(currency) is str else None
     if currency is None:
-        currency = _cur(obj, path)
+        currency = _currency(obj, "currency", path)
     invoice = get("invoice")
     if type(invoice) is not str or not invoice:
         invoice = _ref(obj, "invoice", path)
@@ -517,7 +523,7 @@ def parse_dispute(obj: dict[str, Any], path: str = "data.object") -> Dispute:
     amount = _req_int(obj, "amount", path)
     _amount_ok(amount, "amount", path)
     return Dispute(dispute_id, charge, _ref(obj, "payment_intent", path), _opt_int(obj, "created", path),
-                   _cur(obj, path), amount, _req_str(obj, "status", path))
+                   _currency(obj, "currency", path), amount, _req_str(obj, "status", path))
 
 
 _PARSERS: dict[str, Any] = {}
@@ -649,14 +655,9 @@ def _id_of_wire(v: str | w.IdOf | w.Price | None) -> str | None:
 
 
 def _fast_currency(v: str) -> str:
-    known = _CURRENCIES.get(v)
-    if known is not None:
-        return known
-    code = v.strip().lower()
-    if len(code) != 3 or not code.isalpha() or not code.isascii():
+    code = _currency_code(v)
+    if code is None:
         raise _Declined
-    if len(_CURRENCIES) < 512:
-        _CURRENCIES[v] = code
     return code
 
 
@@ -804,19 +805,14 @@ def _fast_dispute(o: object) -> Dispute:
                    _amount_in(o.amount, 0), o.status)
 
 
-_FAST: dict[str, Any] = {}
-for _t in CUSTOMER_TYPES:
-    _FAST[_t] = _fast_customer
-for _t in INVOICE_TYPES:
-    _FAST[_t] = _fast_invoice
-for _t in CHARGE_TYPES:
-    _FAST[_t] = _fast_charge
-for _t in SUBSCRIPTION_TYPES:
-    _FAST[_t] = _fast_subscription
-for _t in INVOICE_PAYMENT_TYPES:
-    _FAST[_t] = _fast_invoice_payment
-for _t in DISPUTE_TYPES:
-    _FAST[_t] = _fast_dispute
+# each event type's fast mapper, from its precise reader: which type reads which object is
+# written once, in _PARSERS
+_FAST_OF: dict[Any, Any] = {
+    parse_customer: _fast_customer, parse_invoice: _fast_invoice, parse_charge: _fast_charge,
+    parse_subscription: _fast_subscription, parse_invoice_payment: _fast_invoice_payment,
+    parse_dispute: _fast_dispute,
+}
+_FAST: dict[str, Any] = {t: _FAST_OF[parser] for t, parser in _PARSERS.items()}
 
 
 def _fast_event(env: w.Envelope) -> StripeEvent:
