@@ -20,9 +20,18 @@ from processors.rules.invoice_link import InvoiceLinkState
 from processors.rules.referral import CustomerState
 from processors.rules.referrer import ReferrerState, ReferrerSummary
 from schemas import control
-from schemas.events import CUSTOMER, INVOICE, OUTPUTS, REFERRER, DisputeSeen, InvoicePaymentPaid, Routed
+from schemas.events import (
+    CUSTOMER,
+    INVOICE,
+    OUTPUTS,
+    REFERRER,
+    DisputeSeen,
+    InvoicePaymentPaid,
+    Routed,
+    routed,
+)
 from schemas.rules import Revision, RuleBook, Rules, parse_rules_cached
-from schemas.stripe import Dispute, InvoicePayment, StripeEvent, parse_event
+from schemas.stripe import Customer, Dispute, InvoicePayment, StripeEvent, parse_event
 
 __all__ = ["Engine", "Routed", "revision_of", "route_stripe_event"]
 
@@ -41,18 +50,18 @@ def route_stripe_event(event: StripeEvent) -> list[Routed]:
     if isinstance(obj, InvoicePayment):
         if obj.status not in (None, "paid") or (obj.charge is None and obj.payment_intent is None):
             return []
-        return [Routed(INVOICE, obj.invoice, InvoicePaymentPaid(
+        return [routed(INVOICE, obj.invoice, InvoicePaymentPaid(
             obj.invoice, obj.charge, obj.payment_intent, event.id,
         ))]
     if isinstance(obj, Dispute):
         # a dispute names its charge only: the invoice stage joins it with the charge's customer
         seen = DisputeSeen(obj.charge, obj.payment_intent, obj.id, obj.status, obj.amount, event.created,
                            event.id)
-        return [Routed(INVOICE, f"charge:{key}", seen) for key in (obj.charge, obj.payment_intent) if key]
+        return [routed(INVOICE, f"charge:{key}", seen) for key in (obj.charge, obj.payment_intent) if key]
     customer = event.customer_id
     if customer is None:
         return []  # a charge or invoice without a customer cannot belong to a referral
-    return [Routed(CUSTOMER, customer, event)]
+    return [routed(CUSTOMER, customer, event)]
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # tests wrap it (tests/unit/test_state_codec.py)
@@ -99,7 +108,8 @@ class Engine:
             return self._run(route_stripe_event(event))
         # the common case, routed inline: an event about a customer steps that customer's
         # state directly (no envelope, no queue); what it produces runs as `_run` would
-        customer = event.customer_id
+        # `event.customer_id`, read here rather than through the Struct's Python property
+        customer = obj.id if isinstance(obj, Customer) else obj.customer  # type: ignore[union-attr]
         if customer is None:
             return []
         customers = self.customers
@@ -108,7 +118,7 @@ class Engine:
 
     def feed_referrer(self, ucc: str, record: Any) -> list[Routed]:
         """Fold one record of the referrer stage (a shard of a parallel replay)."""
-        return self._run([Routed(REFERRER, ucc, record)])
+        return self._run([routed(REFERRER, ucc, record)])
 
     def feed_control(self, raw: bytes) -> list[Routed]:
         """Decode (raises ControlDecodeError) and apply one control record."""
@@ -126,7 +136,7 @@ class Engine:
             return []
         if isinstance(record, control.ReferrerLink):
             # takes effect at the customer it names (docs/rules.md#fraud-signals)
-            return self._run([Routed(CUSTOMER, record.customer_id, record)])
+            return self._run([routed(CUSTOMER, record.customer_id, record)])
         if isinstance(record, control.LedgerAdjustment | control.PayoutOutcome):
             self.latest = max(self.latest, record.at)
         elif isinstance(record, control.ReviewDecision):
@@ -135,7 +145,7 @@ class Engine:
             return []  # a referrer's payout account: for `payouts execute`, not the ledger
         if record.ucc not in self.referrers and not referrer.opens_referrer(record):
             return []  # for no referrer (yet): its rule says it changes nothing
-        return self._run([Routed(REFERRER, record.ucc, record)])
+        return self._run([routed(REFERRER, record.ucc, record)])
 
     def _payout_run(self, run: control.PayoutRun) -> list[Routed]:
         """A payout run reaches every referrer, in a stable order, stepped directly (one

@@ -36,6 +36,7 @@ from schemas.events import (
     OwnIdentity,
     PaymentLink,
     Routed,
+    routed,
 )
 from schemas.rules import MAX_REFERRALS_PER_CARD, RuleBook
 
@@ -62,25 +63,30 @@ class IdentityState(NamedTuple):
     owners: tuple[tuple[str, str], ...]  # (ucc, customer id) of referrers' own customers
 
 
+# built with `tuple.__new__`: the NamedTuples' generated `__new__` is a Python function,
+# called several times per event even in the compiled core
+_new = tuple.__new__
+
+
 def _referrals(referred: tuple[tuple[str, str, str], ...]) -> int:
     return len({(ucc, rid) for ucc, rid, _ in referred})
 
 
 def _match(member: tuple[str, str, str], signal: str, referrals: int) -> Routed:
     ucc, rid, customer = member
-    return Routed(CUSTOMER, customer, IdentityMatch(customer, ucc, rid, signal, referrals))
+    return routed(CUSTOMER, customer, IdentityMatch(customer, ucc, rid, signal, referrals))
 
 
 def _identity_step(state: IdentityState | None, m: IdentitySeen | OwnIdentity
                    ) -> tuple[IdentityState, list[Routed]]:
     if state is None:
-        state = IdentityState(m.identity, (), ())
+        state = _new(IdentityState, (m.identity, (), ()))
     if isinstance(m, OwnIdentity):
         owner = (m.ucc, m.customer_id)
         if owner in state.owners:
             return state, []
         new_referrer = all(ucc != m.ucc for ucc, _ in state.owners)
-        state = IdentityState(state.identity, state.referred, (*state.owners, owner))
+        state = _new(IdentityState, (state.identity, state.referred, (*state.owners, owner)))
         if not new_referrer:
             return state, []
         # the referrer's referrals that show its own identity: self-referrals
@@ -89,7 +95,7 @@ def _identity_step(state: IdentityState | None, m: IdentitySeen | OwnIdentity
     if member in state.referred:
         return state, []  # a duplicate
     before = _referrals(state.referred)
-    state = IdentityState(state.identity, (*state.referred, member), state.owners)
+    state = _new(IdentityState, (state.identity, (*state.referred, member), state.owners))
     out = []
     if any(ucc == m.ucc for ucc, _ in state.owners):
         out.append(_match(member, SELF_REFERRAL, 0))
@@ -110,23 +116,24 @@ def _newer(new: DisputeSeen, old: DisputeSeen) -> bool:
 
 
 def _update(customer: str, d: DisputeSeen) -> Routed:
-    return Routed(CUSTOMER, customer, DisputeUpdate(
+    return routed(CUSTOMER, customer, DisputeUpdate(
         customer, d.charge_id, d.payment_intent_id, d.dispute_id, d.status, d.amount, d.created, d.event_id))
 
 
 def _charge_step(state: ChargeState | None, message: ChargeSeen | DisputeSeen
                  ) -> tuple[ChargeState, list[Routed]]:
     if state is None:
-        state = ChargeState(message.charge_id, None, {})
+        state = _new(ChargeState, (message.charge_id, None, {}))
     if isinstance(message, ChargeSeen):
         if state.customer_id is not None:
             return state, []  # a charge has one customer
-        new = ChargeState(state.charge_id, message.customer_id, state.disputes)
+        new = _new(ChargeState, (state.charge_id, message.customer_id, state.disputes))
         return new, [_update(message.customer_id, d) for _, d in sorted(state.disputes.items())]
     old = state.disputes.get(message.dispute_id)
     if old is not None and not _newer(message, old):
         return state, []  # a duplicate, or an older state arriving late
-    new = ChargeState(state.charge_id, state.customer_id, {**state.disputes, message.dispute_id: message})
+    disputes = {**state.disputes, message.dispute_id: message}
+    new = _new(ChargeState, (state.charge_id, state.customer_id, disputes))
     return new, [] if new.customer_id is None else [_update(new.customer_id, message)]
 
 
@@ -144,22 +151,22 @@ def step(
         return _charge_step(state, message)
     assert state is None or isinstance(state, InvoiceLinkState)
     if state is None:
-        state = InvoiceLinkState(message.invoice_id, None, ())
+        state = _new(InvoiceLinkState, (message.invoice_id, None, ()))
     if isinstance(message, InvoiceSeen):
         if state.customer_id is not None:
             return state, []  # first customer wins; an invoice has one customer
-        new = InvoiceLinkState(state.invoice_id, message.customer_id, state.payments)
+        new = _new(InvoiceLinkState, (state.invoice_id, message.customer_id, state.payments))
         return new, [_link(new, p) for p in new.payments]
     pair = (message.charge_id, message.payment_intent_id)
     if pair in state.payments or pair == (None, None):
         return state, []
-    new = InvoiceLinkState(state.invoice_id, state.customer_id, (*state.payments, pair))
+    new = _new(InvoiceLinkState, (state.invoice_id, state.customer_id, (*state.payments, pair)))
     return new, [] if new.customer_id is None else [_link(new, pair)]
 
 
 def _link(state: InvoiceLinkState, pair: tuple[str | None, str | None]) -> Routed:
     assert state.customer_id is not None
-    return Routed(
+    return routed(
         CUSTOMER, state.customer_id, PaymentLink(state.customer_id, state.invoice_id, pair[0], pair[1])
     )
 
@@ -178,11 +185,11 @@ def loads(raw: bytes) -> InvoiceLinkState | ChargeState | IdentityState:
     row = orjson.loads(raw)
     if len(row) == 4 and row[0] == "identity":
         _, identity, referred, owners = row
-        return IdentityState(identity, tuple((u, r, c) for u, r, c in referred),
-                             tuple((u, c) for u, c in owners))
+        return _new(IdentityState, (identity, tuple((u, r, c) for u, r, c in referred),
+                                    tuple((u, c) for u, c in owners)))
     if len(row) == 4 and row[0] == "charge":
         _, charge, customer, disputes = row
-        return ChargeState(charge, customer, {
-            k: DisputeSeen(v[0], v[1], k, *v[2:]) for k, v in disputes.items()})
+        return _new(ChargeState, (charge, customer, {
+            k: DisputeSeen(v[0], v[1], k, *v[2:]) for k, v in disputes.items()}))
     invoice_id, customer_id, payments = row
-    return InvoiceLinkState(invoice_id, customer_id, tuple((c, p) for c, p in payments))
+    return _new(InvoiceLinkState, (invoice_id, customer_id, tuple((c, p) for c, p in payments)))

@@ -40,6 +40,7 @@ from schemas.events import (
     Signup,
     SubscriptionEnded,
     UnlinkedRefund,
+    routed,
 )
 from schemas.rules import RuleBook, Rules
 from schemas.stripe import Charge, Customer, Invoice, StripeEvent, Subscription
@@ -112,6 +113,17 @@ _new = tuple.__new__
 _CREATED = CustomerState._fields.index("created")
 _SUBSCRIPTIONS = CustomerState._fields.index("subscriptions")
 _LINKS = CustomerState._fields.index("links")
+_ATTRIBUTED_AT = CustomerState._fields.index("attributed_at")
+_CHARGES = CustomerState._fields.index("charges")
+_CONFLICTS = CustomerState._fields.index("conflicts")
+_DELETED_AT = CustomerState._fields.index("deleted_at")
+_DISPUTES = CustomerState._fields.index("disputes")
+_HELD = CustomerState._fields.index("held")
+_IDENTITIES = CustomerState._fields.index("identities")
+_LATE = CustomerState._fields.index("late")
+_ONE_OFFS = CustomerState._fields.index("one_offs")
+_OWNS = CustomerState._fields.index("owns")
+_PENDING_REFUNDS = CustomerState._fields.index("pending_refunds")
 
 
 def _set(s: CustomerState, index: int, value: object) -> CustomerState:
@@ -132,7 +144,7 @@ def step(
     if not isinstance(message, StripeEvent):  # one check on the way of every Stripe event
         if isinstance(message, IdentityMatch):
             # what an identity join found about this customer's referral: its referrer decides
-            return state or CustomerState(message.customer_id), [Routed(REFERRER, message.ucc, message)]
+            return state or CustomerState(message.customer_id), [routed(REFERRER, message.ucc, message)]
         return _on_own(state or CustomerState(message.customer_id), message)
     obj = message.object
     key = message.customer_id
@@ -181,12 +193,12 @@ def _forward(s: CustomerState, p: HeldPayment, rules: RuleBook, out: list[Routed
     late = _judge(s, p, rules)
     if late is None or s.ucc is None or s.referral_id is None:
         return s
-    out.append(Routed(REFERRER, s.ucc, Payment(
+    out.append(routed(REFERRER, s.ucc, Payment(
         s.ucc, s.referral_id, s.customer_id, p.payment_id, p.currency, p.base, p.created,
         p.earned_at, p.months, late, p.event_id, p.plans, p.amount,
     )))
     if late and all(q.payment_id != p.payment_id for q in s.late):
-        s = s._replace(late=(*s.late, p))
+        s = _set(s, _LATE, (*s.late, p))
     return s
 
 
@@ -199,7 +211,7 @@ def _revisit_late(s: CustomerState, rules: RuleBook, out: list[Routed]) -> Custo
             still.append(p)
         else:
             _forward(s, p, rules, out)  # not late now: sent again, not recorded as late
-    return s._replace(late=tuple(still))
+    return _set(s, _LATE, tuple(still))
 
 
 def _payment_of(s: CustomerState, charge_id: str, intent: str | None) -> str | None:
@@ -218,12 +230,12 @@ def _send_refund(
         return True  # a one-off payment the rules did not reward (so not linked): nothing to reverse
     payment_id = _payment_of(s, charge_id, r.payment_intent)
     if payment_id is not None:
-        out.append(Routed(REFERRER, s.ucc, Refund(
+        out.append(routed(REFERRER, s.ucc, Refund(
             s.ucc, s.referral_id, s.customer_id, payment_id, charge_id, r.amount, r.amount_refunded,
             r.created, r.event_id,
         )))
         return True
-    out.append(Routed(REFERRER, s.ucc, UnlinkedRefund(
+    out.append(routed(REFERRER, s.ucc, UnlinkedRefund(
         s.ucc, s.referral_id, s.customer_id, charge_id, r.currency, r.amount, r.amount_refunded,
         r.created, r.event_id,
     )))
@@ -241,7 +253,7 @@ def _flush_refunds(s: CustomerState, rules: RuleBook, out: list[Routed]) -> Cust
             linked = _send_refund(s, charge, r, rules, out)
         if not linked:
             remaining[charge] = steps
-    return s._replace(pending_refunds=remaining or None)
+    return _set(s, _PENDING_REFUNDS, remaining or None)
 
 
 def _flush_linked_refunds(s: CustomerState, rules: RuleBook, out: list[Routed]) -> CustomerState:
@@ -255,7 +267,7 @@ def _flush_linked_refunds(s: CustomerState, rules: RuleBook, out: list[Routed]) 
             for r in steps:
                 _send_refund(s, charge, r, rules, out)
             del remaining[charge]
-    return s._replace(pending_refunds=remaining or None)
+    return _set(s, _PENDING_REFUNDS, remaining or None)
 
 
 def _report_ended(s: CustomerState, out: list[Routed]) -> CustomerState:
@@ -264,11 +276,11 @@ def _report_ended(s: CustomerState, out: list[Routed]) -> CustomerState:
     subs = dict(s.subscriptions)
     for sub_id, snap in s.subscriptions.items():
         if snap.ended_at is not None and not snap.reported:
-            out.append(Routed(REFERRER, s.ucc, SubscriptionEnded(
+            out.append(routed(REFERRER, s.ucc, SubscriptionEnded(
                 s.ucc, s.referral_id, s.customer_id, sub_id, snap.ended_at, snap.ended_by or "",
             )))
             subs[sub_id] = SubscriptionSnapshot(snap.snapshot_at, snap.ended_at, snap.ended_by, True)
-    return s._replace(subscriptions=subs)
+    return _set(s, _SUBSCRIPTIONS, subs)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -282,33 +294,33 @@ def _on_customer(
     if c.email is not None and rules.identity_key is not None:
         s = _note_identity(s, email_token(rules.identity_key, c.email), out)
     if ev.type == "customer.deleted" and (s.deleted_at is None or ev.created < s.deleted_at):
-        s = s._replace(deleted_at=ev.created)
+        s = _set(s, _DELETED_AT, ev.created)
     referral = referral_id_for(c, rules.at(ev.created)) if c.ucc else None
     if c.ucc is None or referral is None:
         return s  # no (complete) attribution here; removing metadata changes nothing
     if s.ucc is not None:
         if c.ucc == s.ucc:
             if s.attributed_at is not None and ev.created < s.attributed_at:
-                s = s._replace(attributed_at=ev.created)
+                s = _set(s, _ATTRIBUTED_AT, ev.created)
                 if s.late:
                     s = _revisit_late(s, rules, out)
         elif c.ucc not in s.conflicts:
             ucc, referral_id = s.ucc, s.referral_id
             assert ucc is not None and referral_id is not None
-            out.append(Routed(REFERRER, ucc, AttributionConflict(
+            out.append(routed(REFERRER, ucc, AttributionConflict(
                 ucc, referral_id, s.customer_id, c.ucc, ev.created, ev.id,
             )))
-            s = s._replace(conflicts=(*s.conflicts, c.ucc))
+            s = _set(s, _CONFLICTS, (*s.conflicts, c.ucc))
         return s
     # the first attribution: the signup
     signed_up_at = c.created if c.created is not None else (s.created or ev.created)
     s = s._replace(ucc=c.ucc, referral_id=referral, attributed_at=ev.created)
-    out.append(Routed(REFERRER, c.ucc, Signup(c.ucc, referral, s.customer_id, signed_up_at, ev.id)))
-    out.extend(Routed(INVOICE, f"charge:{ch}", ChargeSeen(ch, s.customer_id)) for ch in s.charges)
-    out.extend(Routed(INVOICE, f"identity:{i}", IdentitySeen(i, c.ucc, referral, s.customer_id))
+    out.append(routed(REFERRER, c.ucc, Signup(c.ucc, referral, s.customer_id, signed_up_at, ev.id)))
+    out.extend(routed(INVOICE, f"charge:{ch}", ChargeSeen(ch, s.customer_id)) for ch in s.charges)
+    out.extend(routed(INVOICE, f"identity:{i}", IdentitySeen(i, c.ucc, referral, s.customer_id))
                for i in s.identities)
     held = s.held
-    s = s._replace(held=())
+    s = _set(s, _HELD, ())
     for p in held:
         s = _forward(s, p, rules, out)
     s = _report_ended(s, out)
@@ -360,7 +372,7 @@ def _on_invoice(
         s = _flush_linked_refunds(s, rules, out)
         s = _flush_disputes(s, out)
     else:  # 2025-03-31+: the charge comes from an invoice_payment.paid event
-        out.append(Routed(INVOICE, inv.id, InvoiceSeen(inv.id, s.customer_id)))
+        out.append(routed(INVOICE, inv.id, InvoiceSeen(inv.id, s.customer_id)))
     tax = inv.total - inv.total_excluding_tax if (
         inv.total is not None and inv.total_excluding_tax is not None
     ) else 0
@@ -378,7 +390,7 @@ def _on_payment(s: CustomerState, p: HeldPayment, rules: RuleBook, out: list[Rou
     if s.ucc is None:
         if any(h.payment_id == p.payment_id for h in s.held):
             return s
-        return s._replace(held=(*s.held, p))
+        return _set(s, _HELD, (*s.held, p))
     return _forward(s, p, rules, out)
 
 
@@ -390,7 +402,7 @@ def _on_charge(
         s = _note_identity(s, card_token(rules.identity_key, ch.card_fingerprint), out)
     if ch.one_off:
         if ch.id not in s.one_offs:
-            s = s._replace(one_offs=(*s.one_offs, ch.id))
+            s = _set(s, _ONE_OFFS, (*s.one_offs, ch.id))
         if rules.at(ch.created).reward_one_off_charges:
             s = _with_links(s, [ch.id], ch.id)
             if ev.type == "charge.succeeded" and ch.amount > 0:
@@ -408,7 +420,7 @@ def _on_charge(
     r = PendingRefund(ch.amount, ch.amount_refunded, ch.payment_intent, ch.currency, ev.created, ev.id)
     if s.ucc is not None and _send_refund(s, ch.id, r, rules, out):
         return s  # linked: nothing waits (a charge with pending steps is not linked yet)
-    return s._replace(pending_refunds={**pending, ch.id: (*steps, r)})
+    return _set(s, _PENDING_REFUNDS, {**pending, ch.id: (*steps, r)})
 
 
 def _on_subscription(
@@ -450,8 +462,8 @@ def _note_charges(s: CustomerState, charges: list[str], out: list[Routed]) -> Cu
     if not new:
         return s
     if s.ucc is not None:
-        out.extend(Routed(INVOICE, f"charge:{c}", ChargeSeen(c, s.customer_id)) for c in new)
-    return s._replace(charges=(*s.charges, *new))
+        out.extend(routed(INVOICE, f"charge:{c}", ChargeSeen(c, s.customer_id)) for c in new)
+    return _set(s, _CHARGES, (*s.charges, *new))
 
 
 def _note_identity(s: CustomerState, identity: str | None, out: list[Routed]) -> CustomerState:
@@ -462,9 +474,9 @@ def _note_identity(s: CustomerState, identity: str | None, out: list[Routed]) ->
         return s
     key = f"identity:{identity}"
     if s.ucc is not None and s.referral_id is not None:
-        out.append(Routed(INVOICE, key, IdentitySeen(identity, s.ucc, s.referral_id, s.customer_id)))
-    out.extend(Routed(INVOICE, key, OwnIdentity(identity, ucc, s.customer_id)) for ucc in s.owns)
-    return s._replace(identities=(*s.identities, identity))
+        out.append(routed(INVOICE, key, IdentitySeen(identity, s.ucc, s.referral_id, s.customer_id)))
+    out.extend(routed(INVOICE, key, OwnIdentity(identity, ucc, s.customer_id)) for ucc in s.owns)
+    return _set(s, _IDENTITIES, (*s.identities, identity))
 
 
 def _on_own(s: CustomerState, link: ReferrerLink) -> tuple[CustomerState, list[Routed]]:
@@ -472,8 +484,8 @@ def _on_own(s: CustomerState, link: ReferrerLink) -> tuple[CustomerState, list[R
     referrer's (docs/rules.md#fraud-signals)."""
     if link.ucc in s.owns:
         return s, []
-    out = [Routed(INVOICE, f"identity:{i}", OwnIdentity(i, link.ucc, s.customer_id)) for i in s.identities]
-    return s._replace(owns=(*s.owns, link.ucc)), out
+    out = [routed(INVOICE, f"identity:{i}", OwnIdentity(i, link.ucc, s.customer_id)) for i in s.identities]
+    return _set(s, _OWNS, (*s.owns, link.ucc)), out
 
 
 def _on_dispute(s: CustomerState, d: DisputeUpdate) -> tuple[CustomerState, list[Routed]]:
@@ -481,11 +493,11 @@ def _on_dispute(s: CustomerState, d: DisputeUpdate) -> tuple[CustomerState, list
     to a payment, kept until then (its link may still come back from the invoice stage)."""
     out: list[Routed] = []
     if not _send_dispute(s, d, out):
-        s = s._replace(disputes={**(s.disputes or {}), d.dispute_id: d})
+        s = _set(s, _DISPUTES, {**(s.disputes or {}), d.dispute_id: d})
     elif s.disputes and d.dispute_id in s.disputes:
         rest = dict(s.disputes)
         del rest[d.dispute_id]
-        s = s._replace(disputes=rest or None)
+        s = _set(s, _DISPUTES, rest or None)
     return s, out
 
 
@@ -493,7 +505,7 @@ def _send_dispute(s: CustomerState, d: DisputeUpdate, out: list[Routed]) -> bool
     payment_id = _payment_of(s, d.charge_id, d.payment_intent_id)
     if s.ucc is None or s.referral_id is None or payment_id is None:
         return False
-    out.append(Routed(REFERRER, s.ucc, DisputeChanged(
+    out.append(routed(REFERRER, s.ucc, DisputeChanged(
         s.ucc, s.referral_id, s.customer_id, payment_id, d.charge_id, d.dispute_id, d.status, d.amount,
         d.created, d.event_id,
     )))
@@ -505,7 +517,7 @@ def _flush_disputes(s: CustomerState, out: list[Routed]) -> CustomerState:
     if not s.disputes:
         return s
     rest = {k: d for k, d in s.disputes.items() if not _send_dispute(s, d, out)}
-    return s._replace(disputes=rest or None)
+    return _set(s, _DISPUTES, rest or None)
 
 
 # --- table value codec ----------------------------------------------------------------------

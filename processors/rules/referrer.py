@@ -71,6 +71,7 @@ from schemas.events import (
     Signup,
     SubscriptionEnded,
     UnlinkedRefund,
+    routed,
 )
 from schemas.rules import RuleBook, Rules
 
@@ -381,7 +382,7 @@ class _Tx:
 
     def notify(self, kind: str, nid: str, referral_id: str | None, currency: str | None, amount: int,
                source: str, at: int) -> None:
-        self.out.append(Routed(NOTIFICATIONS, self.ucc, NotificationCommand(
+        self.out.append(routed(NOTIFICATIONS, self.ucc, NotificationCommand(
             nid, kind, self.ucc, referral_id, currency, amount, source, at,
         )))
 
@@ -390,8 +391,9 @@ class _Tx:
                   ) -> ReferralState:
         if case_id in self.cases:
             return ref
-        case = self.w_cases()[case_id] = Case(kind, ref.referral_id, OPEN, held, refund, 0, details, at)
-        self.out.append(Routed(REVIEWS, self.ucc, ReviewCase(
+        case = _new(Case, (kind, ref.referral_id, OPEN, held, refund, 0, details, at))
+        self.w_cases()[case_id] = case
+        self.out.append(routed(REVIEWS, self.ucc, ReviewCase(
             case_id, kind, self.ucc, ref.referral_id, details, at,
         )))
         self.line(ref.referral_id, at, "case_opened", source, 0, None, case_id, kind)
@@ -403,7 +405,7 @@ class _Tx:
     def case_state(self, case_id: str, case: Case, status: str, at: int | None, reason: str | None) -> None:
         """The case's new state for the review-cases topic: it opened (`case` as opened) or
         it ended (`case` as it was while open, `at` and `reason` saying how)."""
-        self.out.append(Routed(CASES, self.ucc, CaseState(
+        self.out.append(routed(CASES, self.ucc, CaseState(
             case_state_id(case_id, status), case_id, case.kind, self.ucc, case.referral_id, status,
             case.details or {}, case.opened_at, at, reason,
         )))
@@ -508,10 +510,10 @@ def _on_signup(tx: _Tx, m: Signup) -> None:
     tx.line(m.referral_id, m.signed_up_at, "signup", m.event_id, bonus, currency if bonus > 0 else None,
             m.customer_id)
     if bonus > 0:
-        tx.add_entry(Entry(
+        tx.add_entry(_new(Entry, (
             fact_id("signup_bonus", tx.ucc, m.referral_id), m.referral_id, None, currency, bonus,
             m.signed_up_at + rules.hold_days * DAY,
-        ), None)
+        )), None)
         ref = ref._replace(gross={currency: bonus})
     tx.put(m.referral_id, ref)
     tx.notify(NEW_SIGNUP, fact_id(NEW_SIGNUP, tx.ucc, m.referral_id), m.referral_id, currency, bonus,
@@ -586,8 +588,9 @@ def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRe
         if room is not None:
             room -= bonus
         if bonus > 0:
-            tx.add_entry(Entry(fact_id("purchase_bonus", tx.ucc, rid, p.payment_id), rid, p.payment_id,
-                               p.currency, bonus, p.earned_at + rules.hold_days * DAY),
+            bonus_id = fact_id("purchase_bonus", tx.ucc, rid, p.payment_id)
+            tx.add_entry(_new(Entry, (bonus_id, rid, p.payment_id, p.currency, bonus,
+                                      p.earned_at + rules.hold_days * DAY)),
                          "purchase_bonus", p.event_id, p.earned_at)
     if p.plans:
         pools = _plan_rewards(rules, ref, p, room, capped)
@@ -605,8 +608,8 @@ def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRe
             break  # instalments earned after the reward window are dropped
         kept += amount
         if amount > 0:
-            tx.add_entry(Entry(f"{reward_id}.{i}" if i else reward_id, rid, p.payment_id,
-                               p.currency, amount, at + rules.hold_days * DAY), None)
+            tx.add_entry(_new(Entry, (f"{reward_id}.{i}" if i else reward_id, rid, p.payment_id,
+                                      p.currency, amount, at + rules.hold_days * DAY)), None)
     if kept > 0:  # one line for its instalments
         tx.line(rid, p.earned_at, "reward", p.event_id, kept, p.currency, p.payment_id)
     gross = dict(ref.gross)
@@ -618,7 +621,7 @@ def _reward(tx: _Tx, ref: ReferralState, p: Payment, refunds: dict[str, ChargeRe
     for (pool, _), charged in zip(pools, charges, strict=True):
         if charged:
             gross[pool] = gross.get(pool, 0) + charged
-    rec = PaymentRecord(REWARDED, p.currency, kept, False, None, p.amount)
+    rec = _new(PaymentRecord, (REWARDED, p.currency, kept, False, None, p.amount))
     ref = _referral(ref, purchase_bonus_granted=granted, gross=gross,
                     payments={**ref.payments, p.payment_id: rec})
     tx.put(rid, ref)
@@ -690,15 +693,15 @@ def _reverse(tx: _Tx, rid: str, payment_id: str, charge: str, amount: int, refun
     target = min(rec.reward - prev.lost, pro_rata(rec.reward, refunded, amount or prev.amount))
     delta = target - prev.reversed
     if rec.status != REWARDED or delta <= 0:
-        refunds[charge] = ChargeRefund(amount or prev.amount, refunded, prev.reversed, prev.lost)
+        refunds[charge] = _new(ChargeRefund, (amount or prev.amount, refunded, prev.reversed, prev.lost))
         tx.put(rid, _with_payment(ref, payment_id, rec._replace(refunds=refunds)))
         return
-    refunds[charge] = ChargeRefund(amount or prev.amount, refunded, target, prev.lost)
+    refunds[charge] = _new(ChargeRefund, (amount or prev.amount, refunded, target, prev.lost))
     tx.put(rid, _with_payment(ref, payment_id, rec._replace(refunds=refunds)))
     if ref.rejected and not rec.paid:
         return  # its reward was voided: so is its reversal
     eid = fact_id("reversal", tx.ucc, rid, payment_id, charge, target)
-    tx.add_entry(Entry(eid, rid, payment_id, rec.currency, -delta, at), "reversal", source, at)
+    tx.add_entry(_new(Entry, (eid, rid, payment_id, rec.currency, -delta, at)), "reversal", source, at)
     tx.notify(REWARD_REVERSED, fact_id(REWARD_REVERSED, eid), rid, rec.currency, delta, source, at)
 
 
@@ -722,8 +725,8 @@ def _reverse_dispute(tx: _Tx, dispute_id: str, d: DisputeState, at: int, source:
     if ref.rejected and not rec.paid:
         return
     eid = fact_id("dispute_reversal", tx.ucc, d.referral_id, d.payment_id, d.charge_id, dispute_id)
-    tx.add_entry(Entry(eid, d.referral_id, d.payment_id, rec.currency, -delta, at), "dispute_reversal",
-                 source, at)
+    entry = _new(Entry, (eid, d.referral_id, d.payment_id, rec.currency, -delta, at))
+    tx.add_entry(entry, "dispute_reversal", source, at)
     tx.notify(REWARD_REVERSED, fact_id(REWARD_REVERSED, eid), d.referral_id, rec.currency, delta, source, at)
 
 
@@ -784,7 +787,7 @@ def _open_waiting_refunds(tx: _Tx, run: PayoutRun) -> None:
         }
         opened = case._replace(status=OPEN, details=details, opened_at=run.requested_at)
         tx.w_cases()[case_id] = opened
-        tx.out.append(Routed(REVIEWS, tx.ucc, ReviewCase(case_id, UNLINKED_REFUND, tx.ucc, ref.referral_id,
+        tx.out.append(routed(REVIEWS, tx.ucc, ReviewCase(case_id, UNLINKED_REFUND, tx.ucc, ref.referral_id,
                                                          details, run.requested_at)))
         tx.case_state(case_id, opened, OPEN, None, None)
         tx.line(ref.referral_id, run.requested_at, "case_opened", run.control_id, 0, None, case_id,
@@ -842,7 +845,7 @@ def _reverse_unlinked(tx: _Tx, case_id: str, at: int, source: str) -> None:
     if ref.rejected and not ref.paid_any:
         return
     eid = fact_id("reversal", tx.ucc, ref.referral_id, None, m.charge_id, target)
-    tx.add_entry(Entry(eid, ref.referral_id, None, m.currency, -delta, at), "reversal", source, at)
+    tx.add_entry(_new(Entry, (eid, ref.referral_id, None, m.currency, -delta, at)), "reversal", source, at)
     tx.notify(REWARD_REVERSED, fact_id(REWARD_REVERSED, eid), ref.referral_id, m.currency, delta, source, at)
 
 
@@ -857,7 +860,7 @@ def _on_dispute(tx: _Tx, m: DisputeChanged) -> None:
     closed = m.status in DISPUTE_CLOSED
     if old is not None and (old.created, old.status in DISPUTE_CLOSED) >= (m.created, closed):
         return  # a duplicate, or an older state arriving late
-    d = DisputeState(m.referral_id, m.payment_id, m.charge_id, m.status, m.amount, m.created)
+    d = _new(DisputeState, (m.referral_id, m.payment_id, m.charge_id, m.status, m.amount, m.created))
     tx.disputes = {**tx.disputes, m.dispute_id: d}
     if closed:
         # how it ended; which open states reach the referrer depends on their arrival order
@@ -1155,7 +1158,7 @@ def _on_payout_run(tx: _Tx, run: PayoutRun, payable: list[Entry]) -> None:
         if not _reaches(balance, currency, rules):
             continue  # a small or negative balance carries over
         payout_id = fact_id("payout", tx.ucc, run.run_id, currency)
-        tx.out.append(Routed(PAYOUTS, tx.ucc, PayoutCommand(
+        tx.out.append(routed(PAYOUTS, tx.ucc, PayoutCommand(
             payout_id, run.run_id, tx.ucc, currency, balance, run.as_of,
             # sorted: which entries a payout covers is a fact, the order they arrived in is not
             tuple(sorted(e.entry_id for e in entries)), rules.revision,
@@ -1163,8 +1166,8 @@ def _on_payout_run(tx: _Tx, run: PayoutRun, payable: list[Entry]) -> None:
         tx.notify(PAYOUT_CREATED, fact_id(PAYOUT_CREATED, payout_id), None, currency, balance,
                   run.control_id, run.requested_at)
         tx.w_paid()[currency] = tx.paid.get(currency, 0) + balance
-        tx.w_payouts()[payout_id] = PayoutRecord(run.run_id, currency, balance, run.requested_at,
-                                                 run.as_of, PAYOUT_PENDING, "")
+        tx.w_payouts()[payout_id] = _new(PayoutRecord, (run.run_id, currency, balance, run.requested_at,
+                                                        run.as_of, PAYOUT_PENDING, ""))
         # (its history line is the PayoutRecord itself: `history()` writes it)
         for e in entries:
             covered.add(e.entry_id)
@@ -1183,7 +1186,8 @@ def _on_payout_run(tx: _Tx, run: PayoutRun, payable: list[Entry]) -> None:
                 if rec is not None and not rec.paid:
                     if payments is ref.payments:
                         payments = dict(payments)
-                    payments[pid or ""] = rec._replace(paid=True)
+                    payments[pid or ""] = _new(PaymentRecord, (rec.status, rec.currency, rec.reward, True,
+                                                               rec.refunds, rec.amount))
             ref = _referral(ref, payments=payments, paid_any=True)
         tx.put(rid, _referral(ref, entries=tuple(e for e in ref.entries if e.entry_id not in covered)))
 
@@ -1206,7 +1210,7 @@ def _on_outcome(tx: _Tx, o: PayoutOutcome) -> None:
         return
     kind = PAYOUT_FAILED if o.status == FAILED else PAYOUT_RETURNED
     tx.w_paid()[rec.currency] = tx.paid.get(rec.currency, 0) - rec.amount
-    entry = Entry(fact_id(kind, o.payout_id), "", None, rec.currency, rec.amount, rec.as_of)
+    entry = _new(Entry, (fact_id(kind, o.payout_id), "", None, rec.currency, rec.amount, rec.as_of))
     tx.add_entry(entry, None, counts=False)
     tx.line("", o.at, kind, o.control_id, rec.amount, rec.currency, o.payout_id, note)
     tx.notify(kind, fact_id(kind, o.payout_id), None, rec.currency, rec.amount, o.control_id, o.at)
@@ -1218,7 +1222,7 @@ def _on_adjustment(tx: _Tx, a: LedgerAdjustment) -> None:
     if any(line.kind == "adjustment" and line.ref == a.adjustment_id for line in tx._state.lines):
         return
     eid = fact_id("adjustment", tx.ucc, a.adjustment_id)
-    tx.add_entry(Entry(eid, "", None, a.currency, a.amount, a.at), None)
+    tx.add_entry(_new(Entry, (eid, "", None, a.currency, a.amount, a.at)), None)
     tx.line("", a.at, "adjustment", a.control_id, a.amount, a.currency, a.adjustment_id,
             _by(a.actor, a.reason))
 
