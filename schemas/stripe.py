@@ -35,8 +35,8 @@ from schemas.stripe_records import (
 __all__ = [
     "CHARGE_TYPES", "CUSTOMER_TYPES", "DISPUTE_TYPES", "INVOICE_PAYMENT_TYPES", "INVOICE_TYPES", "MAX_AMOUNT",
     "READ_TYPES", "SUBSCRIPTION_TYPES", "Charge", "Customer", "Dispute", "Invoice", "InvoiceLine",
-    "InvoicePayment", "StripeEvent", "StripeObject", "StripeParseError", "Subscription", "parse_envelope",
-    "parse_event", "precise_parse_event", "read_envelope",
+    "InvoicePayment", "StripeEvent", "StripeObject", "StripeParseError", "Subscription", "customer_of",
+    "parse_envelope", "parse_event", "precise_parse_event", "read_envelope",
 ]
 
 # Event types the rules read (docs/rules.md#stripe-input); ingest writes these and answers 200 to the rest.
@@ -64,6 +64,17 @@ class StripeParseError(ValueError):
 
 
 # --- field readers: each names the path of what it rejects -------------------------------
+
+
+def customer_of(event: StripeEvent) -> str | None:
+    """The Stripe customer the event is about (the log's key), if any: an invoice payment or a
+    dispute names none (the invoice stage finds it), nor does a type the rules do not read."""
+    obj = event.object
+    if isinstance(obj, Customer):
+        return obj.id
+    if obj is None or isinstance(obj, InvoicePayment | Dispute):
+        return None
+    return obj.customer
 
 
 def _type_name(v: object) -> str:

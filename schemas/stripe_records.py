@@ -109,13 +109,5 @@ class StripeEvent(Struct, frozen=True, gc=False):
     livemode: bool
     api_version: str | None
     object: StripeObject | None  # None for a type the rules do not read
-
-    @property
-    def customer_id(self) -> str | None:
-        """The Stripe customer the event is about (the log's key), if any."""
-        obj = self.object
-        if isinstance(obj, Customer):
-            return obj.id
-        if obj is None or isinstance(obj, InvoicePayment | Dispute):
-            return None
-        return obj.customer
+    # the customer it is about (the log's key) is `schemas.stripe.customer_of(event)`: a
+    # function in a compiled module, where a property on this Struct would stay interpreted

@@ -31,7 +31,7 @@ from schemas.events import (
     routed,
 )
 from schemas.rules import Revision, RuleBook, Rules, parse_rules_cached
-from schemas.stripe import Customer, Dispute, InvoicePayment, StripeEvent, parse_event
+from schemas.stripe import Dispute, InvoicePayment, StripeEvent, customer_of, parse_event
 
 __all__ = ["Engine", "Routed", "revision_of", "route_stripe_event"]
 
@@ -58,7 +58,7 @@ def route_stripe_event(event: StripeEvent) -> list[Routed]:
         seen = DisputeSeen(obj.charge, obj.payment_intent, obj.id, obj.status, obj.amount, event.created,
                            event.id)
         return [routed(INVOICE, f"charge:{key}", seen) for key in (obj.charge, obj.payment_intent) if key]
-    customer = event.customer_id
+    customer = customer_of(event)
     if customer is None:
         return []  # a charge or invoice without a customer cannot belong to a referral
     return [routed(CUSTOMER, customer, event)]
@@ -108,8 +108,7 @@ class Engine:
             return self._run(route_stripe_event(event))
         # the common case, routed inline: an event about a customer steps that customer's
         # state directly (no envelope, no queue); what it produces runs as `_run` would
-        # `event.customer_id`, read here rather than through the Struct's Python property
-        customer = obj.id if isinstance(obj, Customer) else obj.customer  # type: ignore[union-attr]
+        customer = customer_of(event)
         if customer is None:
             return []
         customers = self.customers

@@ -43,7 +43,7 @@ from schemas.events import (
     routed,
 )
 from schemas.rules import RuleBook, Rules
-from schemas.stripe import Charge, Customer, Invoice, StripeEvent, Subscription
+from schemas.stripe import Charge, Customer, Invoice, StripeEvent, Subscription, customer_of
 
 CustomerMessage = StripeEvent | PaymentLink | DisputeUpdate | IdentityMatch | ReferrerLink
 
@@ -147,7 +147,7 @@ def step(
             return state or CustomerState(message.customer_id), [routed(REFERRER, message.ucc, message)]
         return _on_own(state or CustomerState(message.customer_id), message)
     obj = message.object
-    key = message.customer_id
+    key = customer_of(message)
     if key is None or obj is None:
         raise ValueError(f"event {message.id} ({message.type}) is not about a customer")
     if state is None:

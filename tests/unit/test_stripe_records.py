@@ -54,4 +54,4 @@ def test_a_parsed_event_pickles_and_compares_whole() -> None:
     again = pickle.loads(pickle.dumps(event, protocol=pickle.HIGHEST_PROTOCOL))
     assert again == event and hash(again) == hash(event)
     assert isinstance(again.object, stripe.Invoice) and again.object.lines[0].subscription is True
-    assert again.customer_id == "cus_1"
+    assert stripe.customer_of(again) == "cus_1"
