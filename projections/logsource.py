@@ -507,11 +507,26 @@ def decode_record(line: bytes, headers: bool = True) -> LogRecord:
     )
 
 
+_JSON_KIND = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
+              type(None): "null"}
+
+
+def _text_or_none(obj: dict[str, Any], field: str) -> str | None:
+    v = obj.get(field)
+    if v is not None and not isinstance(v, str):
+        raise ValueError(f"{field} is {_JSON_KIND.get(type(v), 'an object')}, not a string")
+    return v
+
+
 def _decode_record(line: bytes, headers: bool) -> LogRecord:
+    """The general reader. Every way a line can be wrong ends in a ValueError, KeyError or
+    TypeError, which FileSource reports with the line's number."""
     obj = orjson.loads(line)
-    value = obj.get("value")
+    if not isinstance(obj, dict):  # e.g. `[]`
+        raise ValueError(f"it is {_JSON_KIND.get(type(obj), 'a JSON value')}, not an object")
+    value = _text_or_none(obj, "value")
     raw = value.encode("utf-8") if value is not None else base64.b64decode(obj["value_b64"])
-    key = obj.get("key")
+    key = _text_or_none(obj, "key")
     if key is not None:
         key_b = key.encode("utf-8")
     elif "key_b64" in obj:

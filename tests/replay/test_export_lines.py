@@ -5,12 +5,23 @@ record as `_decode_record`, or fails the same way."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from projections.logsource import LogRecord, _decode_record, decode_record, encode_record
-from schemas.topics import CONTROL, STRIPE_EVENTS
+from projections.logsource import (
+    FileSource,
+    LogRecord,
+    SourceError,
+    _decode_record,
+    decode_record,
+    encode_record,
+    export_header,
+)
+from schemas.topics import CONTROL, STRIPE_EVENTS, Topics
 
 PROPERTY = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -52,8 +63,13 @@ def outcome(line: bytes, headers: bool) -> tuple[str, object]:
 def fast(line: bytes, headers: bool) -> tuple[str, object]:
     try:
         return "record", decode_record(line, headers)
-    except Exception as exc:
+    except READER_ERRORS as exc:
         return type(exc).__name__, str(exc)
+    # any other exception fails the test: FileSource names the line only for these
+
+
+# what FileSource turns into "line N is not an export record (…)"
+READER_ERRORS = (ValueError, KeyError, TypeError)
 
 
 @PROPERTY
@@ -102,3 +118,22 @@ def test_a_hostile_line_reads_alike_or_fails_alike(
     if data.draw(st.booleans()):
         line = line[: data.draw(st.integers(0, len(line)))]
     assert fast(line, headers) == outcome(line, headers)
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    (b"[]", "it is an array, not an object"),
+    (b"5", "it is a number, not an object"),
+    (b'"text"', "it is a string, not an object"),
+    (b'{"kind":"control","partition":0,"offset":0,"timestamp":0,"key":null,"headers":[],"value":5}',
+     "value is a number, not a string"),
+    (b'{"kind":"control","partition":0,"offset":0,"timestamp":0,"key":[1],"headers":[],"value":"{}"}',
+     "key is an array, not a string"),
+])
+def test_a_line_that_is_json_but_not_a_record_is_refused_with_its_number(
+    tmp_path: Path, line: bytes, problem: str
+) -> None:
+    path = tmp_path / "log.jsonl"
+    good = encode_record(LogRecord(CONTROL, 0, 1, 2, None, (), b"{}"))
+    path.write_bytes(export_header(Topics("sandbox")) + b"\n" + good + b"\n" + line + b"\n")
+    with pytest.raises(SourceError, match=f"line 3 is not an export record \\({problem}\\)"):
+        [r for batch in FileSource(path, in_child=False) for r in batch]
