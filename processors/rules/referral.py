@@ -153,13 +153,15 @@ def step(
     if state is None:
         state = CustomerState(key)
     out: list[Routed] = []
-    if isinstance(obj, Customer):
+    # `type(obj) is`: the parsers build exactly these classes, and a failed isinstance against
+    # a msgspec Struct class is slow (docs/performance.md#compiled-core)
+    if type(obj) is Customer:
         state = _on_customer(state, message, obj, rules, out)
-    elif isinstance(obj, Invoice):
+    elif type(obj) is Invoice:
         state = _on_invoice(state, message, obj, rules, out)
-    elif isinstance(obj, Charge):
+    elif type(obj) is Charge:
         state = _on_charge(state, message, obj, rules, out)
-    elif isinstance(obj, Subscription):
+    elif type(obj) is Subscription:
         state = _on_subscription(state, message, obj, out)
     return state, out
 
