@@ -22,7 +22,6 @@ import resource
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import fields
 from operator import attrgetter
 from typing import Any, get_args
 
@@ -40,7 +39,7 @@ OUTBOX = 64  # messages a shard may fall behind before the fold waits for it (~1
 # pickled tuples of scalars cost a fifth of encoding each record to JSON and decoding it again.
 _KINDS: tuple[type[Any], ...] = get_args(events.ReferrerEvent)
 _NUMBER = {cls: i for i, cls in enumerate(_KINDS)}
-_FIELDS = {cls: attrgetter(*(f.name for f in fields(cls))) for cls in _KINDS}
+_FIELDS = {cls: attrgetter(*cls.__struct_fields__) for cls in _KINDS}
 
 
 def _flat(record: Any) -> tuple[int, tuple[Any, ...]]:

@@ -41,7 +41,7 @@ MODULES = (
 # what the compiled modules import and type-check against but mypyc must not compile: the
 # msgspec structs (mypyc would drop their class options), copied into the build, and hashed
 # with the sources, since the compiled code is built against their field types
-IMPORTED = ("schemas/stripe_records.py", "schemas/stripe_wire.py")
+IMPORTED = ("schemas/stripe_records.py", "schemas/stripe_wire.py", "schemas/event_records.py")
 log = logging.getLogger("refstream.compiled")
 
 

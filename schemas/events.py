@@ -1,251 +1,75 @@
 """Domain events between the stages (docs/design.md) and `Routed`, where a record goes.
 
-Records travel between stages on internal topics, so each has `encode`/`decode` with
-orjson and a version/type tag. Fields are scalars only, so decoding is `cls(**fields)`.
+The records themselves are in schemas/event_records.py (frozen msgspec structs, which
+mypyc must not compile); this module re-exports them. Records travel between stages on
+internal topics, so each has `encode`/`decode` with orjson and a version/type tag. Fields
+are scalars only, so decoding is `cls(**fields)`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import orjson
 
-from schemas.frozen import fast_init
+from schemas.event_records import (
+    AttributionConflict,
+    ChargeSeen,
+    DisputeChanged,
+    DisputeSeen,
+    DisputeUpdate,
+    DomainEvent,
+    IdentityMatch,
+    IdentitySeen,
+    InvoicePaymentPaid,
+    InvoiceSeen,
+    OwnIdentity,
+    Payment,
+    PaymentLink,
+    ReferrerEvent,
+    Refund,
+    Signup,
+    SubscriptionEnded,
+    UnlinkedRefund,
+)
+
+__all__ = [
+    "CASES",
+    "CUSTOMER",
+    "INVOICE",
+    "NOTIFICATIONS",
+    "OUTPUTS",
+    "PAYOUTS",
+    "REFERRER",
+    "REVIEWS",
+    "STAGES",
+    "VERSION",
+    "AttributionConflict",
+    "ChargeSeen",
+    "DisputeChanged",
+    "DisputeSeen",
+    "DisputeUpdate",
+    "DomainEvent",
+    "EventDecodeError",
+    "IdentityMatch",
+    "IdentitySeen",
+    "InvoicePaymentPaid",
+    "InvoiceSeen",
+    "OwnIdentity",
+    "Payment",
+    "PaymentLink",
+    "ReferrerEvent",
+    "Refund",
+    "Routed",
+    "Signup",
+    "SubscriptionEnded",
+    "UnlinkedRefund",
+    "decode",
+    "encode",
+    "routed",
+]
 
 VERSION = 1
-
-# --- stage "customer" → stage "referrer" (key: ucc) --------------------------------------
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Signup:
-    """A customer attributed to `ucc`: the referral's signup (docs/rules.md#attribution)."""
-
-    ucc: str
-    referral_id: str
-    customer_id: str
-    signed_up_at: int  # the customer object's `created`
-    event_id: str
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Payment:
-    """An eligible-looking paid invoice (or one-off charge) of an attributed customer."""
-
-    ucc: str
-    referral_id: str
-    customer_id: str
-    payment_id: str  # invoice id, or the charge id of a one-off charge
-    currency: str
-    base: int  # amount_paid − tax
-    created: int  # the invoice's `created`: decides the reward window
-    earned_at: int  # status_transitions.paid_at, else created
-    months: int  # N calendar months spanned by its subscription line (1 when not N ≥ 2)
-    late: bool  # paid more than late_attribution_days before the attribution arrived
-    event_id: str
-    # the base split over the invoice's lines that name a Stripe price or product, as JSON
-    # [[price, product, base], …] (the rest of the base earns at the campaign rate); "" when
-    # no line names one (docs/rules.md#the-rules-file: plans)
-    plans: str
-    amount: int  # what the payment paid (amount_paid, or the one-off charge's amount); 0: unknown
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Refund:
-    """A charge's cumulative refund, linked to its payment."""
-
-    ucc: str
-    referral_id: str
-    customer_id: str
-    payment_id: str
-    charge_id: str
-    amount: int
-    amount_refunded: int  # cumulative
-    created: int
-    event_id: str
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class UnlinkedRefund:
-    """A refunded charge that no known payment links to (docs/rules.md#refunds-cancellation-and-deletion)."""
-
-    ucc: str
-    referral_id: str
-    customer_id: str
-    charge_id: str
-    currency: str
-    amount: int
-    amount_refunded: int
-    created: int
-    event_id: str
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class SubscriptionEnded:
-    ucc: str
-    referral_id: str
-    customer_id: str
-    subscription_id: str
-    ended_at: int
-    event_id: str
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class AttributionConflict:
-    """A later event names another referrer for an attributed customer (docs/rules.md#attribution)."""
-
-    ucc: str  # the referrer that keeps the attribution
-    referral_id: str
-    customer_id: str
-    other_ucc: str
-    created: int
-    event_id: str
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class DisputeChanged:
-    """A dispute of a rewarded (or yet to be rewarded) payment's charge changed status
-    (docs/rules.md#disputes)."""
-
-    ucc: str
-    referral_id: str
-    customer_id: str
-    payment_id: str
-    charge_id: str
-    dispute_id: str
-    status: str
-    amount: int  # the disputed amount
-    created: int
-    event_id: str
-
-
-# --- entry → stage "invoice" (key: invoice id, or "charge:<id>"), and back -----------------
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class InvoicePaymentPaid:
-    """An `invoice_payment.paid` event: an invoice paid by a charge or payment intent."""
-
-    invoice_id: str
-    charge_id: str | None
-    payment_intent_id: str | None
-    event_id: str
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class InvoiceSeen:
-    """stage "customer" → "invoice": this invoice belongs to this customer."""
-
-    invoice_id: str
-    customer_id: str
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class PaymentLink:
-    """stage "invoice" → "customer": this charge / payment intent paid this invoice."""
-
-    customer_id: str
-    invoice_id: str
-    charge_id: str | None
-    payment_intent_id: str | None
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ChargeSeen:
-    """stage "customer" → "invoice" (key "charge:<id>"): this charge (or payment intent) paid
-    a payment of this (attributed) customer, so its disputes concern the customer."""
-
-    charge_id: str
-    customer_id: str
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class DisputeSeen:
-    """A `charge.dispute.*` event, on its way to the charge's customer (key "charge:<id>", sent
-    for its charge and for its payment intent: the customer knows its payment by either)."""
-
-    charge_id: str
-    payment_intent_id: str | None
-    dispute_id: str
-    status: str
-    amount: int
-    created: int
-    event_id: str
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class DisputeUpdate:
-    """stage "invoice" → "customer": the latest state of a dispute of this customer's charge."""
-
-    customer_id: str
-    charge_id: str
-    payment_intent_id: str | None
-    dispute_id: str
-    status: str
-    amount: int
-    created: int
-    event_id: str
-
-
-# --- identity evidence (docs/rules.md#fraud-signals): tokens only, never clear values ------
-# stage "customer" → "invoice" (key "identity:<identity>"), the join of every customer that
-# shows one identity; and back to the customer of a referral, which passes it to its referrer
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class IdentitySeen:
-    """An attributed customer's identity (a token of its e-mail address, or of a card it paid
-    with: processors/rules/identity.py), as evidence about its referral."""
-
-    identity: str
-    ucc: str
-    referral_id: str
-    customer_id: str
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class OwnIdentity:
-    """An identity of the referrer `ucc`'s own customer (linked by a ReferrerLink)."""
-
-    identity: str
-    ucc: str
-    customer_id: str
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class IdentityMatch:
-    """stage "invoice" → "customer" → "referrer": an identity of this referral's customer
-    fires `signal`: `self_referral` (its referrer's own customer shows it too) or
-    `shared_card` (the card pays for `referrals` referrals)."""
-
-    customer_id: str
-    ucc: str
-    referral_id: str
-    signal: str
-    referrals: int  # shared_card: referrals the card pays for; 0 for self_referral
-
-
-ReferrerEvent = (Signup | Payment | Refund | UnlinkedRefund | SubscriptionEnded | AttributionConflict
-                 | DisputeChanged | IdentityMatch)
-DomainEvent = (ReferrerEvent | InvoicePaymentPaid | InvoiceSeen | PaymentLink | ChargeSeen | DisputeSeen
-               | DisputeUpdate | IdentitySeen | OwnIdentity)
 
 _TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
@@ -256,7 +80,7 @@ _TYPES: dict[str, type[Any]] = {
     )
 }
 _FIELDS: dict[str, frozenset[str]] = {
-    name: frozenset(f.name for f in fields(cls)) for name, cls in _TYPES.items()
+    name: frozenset(cls.__struct_fields__) for name, cls in _TYPES.items()
 }
 
 
@@ -269,7 +93,7 @@ class EventDecodeError(ValueError):
 
 
 _ORDER: dict[type[Any], tuple[str, ...]] = {
-    cls: tuple(f.name for f in fields(cls)) for cls in _TYPES.values()
+    cls: tuple(cls.__struct_fields__) for cls in _TYPES.values()
 }
 
 

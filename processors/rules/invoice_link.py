@@ -18,7 +18,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import orjson
 
@@ -81,7 +81,7 @@ def _identity_step(state: IdentityState | None, m: IdentitySeen | OwnIdentity
                    ) -> tuple[IdentityState, list[Routed]]:
     if state is None:
         state = _new(IdentityState, (m.identity, (), ()))
-    if isinstance(m, OwnIdentity):
+    if type(m) is OwnIdentity:
         owner = (m.ucc, m.customer_id)
         if owner in state.owners:
             return state, []
@@ -91,6 +91,7 @@ def _identity_step(state: IdentityState | None, m: IdentitySeen | OwnIdentity
             return state, []
         # the referrer's referrals that show its own identity: self-referrals
         return state, [_match(x, SELF_REFERRAL, 0) for x in state.referred if x[0] == m.ucc]
+    m = cast(IdentitySeen, m)
     member = (m.ucc, m.referral_id, m.customer_id)
     if member in state.referred:
         return state, []  # a duplicate
@@ -124,40 +125,41 @@ def _charge_step(state: ChargeState | None, message: ChargeSeen | DisputeSeen
                  ) -> tuple[ChargeState, list[Routed]]:
     if state is None:
         state = _new(ChargeState, (message.charge_id, None, {}))
-    if isinstance(message, ChargeSeen):
+    if type(message) is ChargeSeen:
         if state.customer_id is not None:
             return state, []  # a charge has one customer
         new = _new(ChargeState, (state.charge_id, message.customer_id, state.disputes))
         return new, [_update(message.customer_id, d) for _, d in sorted(state.disputes.items())]
-    old = state.disputes.get(message.dispute_id)
-    if old is not None and not _newer(message, old):
+    seen = cast(DisputeSeen, message)
+    old = state.disputes.get(seen.dispute_id)
+    if old is not None and not _newer(seen, old):
         return state, []  # a duplicate, or an older state arriving late
-    disputes = {**state.disputes, message.dispute_id: message}
+    disputes = {**state.disputes, seen.dispute_id: seen}
     new = _new(ChargeState, (state.charge_id, state.customer_id, disputes))
-    return new, [] if new.customer_id is None else [_update(new.customer_id, message)]
-
-
-_IDENTITY = (IdentitySeen, OwnIdentity)
+    return new, [] if new.customer_id is None else [_update(new.customer_id, seen)]
 
 
 def step(
     state: InvoiceLinkState | ChargeState | IdentityState | None, message: InvoiceMessage, rules: RuleBook
 ) -> tuple[InvoiceLinkState | ChargeState | IdentityState, list[Routed]]:
-    if isinstance(message, _IDENTITY):  # a tuple: no union built per call
+    # `type(message) is`: each record is built as exactly its class, and a failed isinstance
+    # against a msgspec Struct class is slow (docs/performance.md#compiled-core)
+    if type(message) is IdentitySeen or type(message) is OwnIdentity:
         assert state is None or isinstance(state, IdentityState)
         return _identity_step(state, message)
-    if isinstance(message, ChargeSeen | DisputeSeen):
+    if type(message) is ChargeSeen or type(message) is DisputeSeen:
         assert state is None or isinstance(state, ChargeState)
         return _charge_step(state, message)
     assert state is None or isinstance(state, InvoiceLinkState)
     if state is None:
-        state = _new(InvoiceLinkState, (message.invoice_id, None, ()))
-    if isinstance(message, InvoiceSeen):
+        state = _new(InvoiceLinkState, (message.invoice_id, None, ()))  # type: ignore[union-attr]
+    if type(message) is InvoiceSeen:
         if state.customer_id is not None:
             return state, []  # first customer wins; an invoice has one customer
         new = _new(InvoiceLinkState, (state.invoice_id, message.customer_id, state.payments))
         return new, [_link(new, p) for p in new.payments]
-    pair = (message.charge_id, message.payment_intent_id)
+    paid = cast(InvoicePaymentPaid, message)
+    pair = (paid.charge_id, paid.payment_intent_id)
     if pair in state.payments or pair == (None, None):
         return state, []
     new = _new(InvoiceLinkState, (state.invoice_id, state.customer_id, (*state.payments, pair)))

@@ -15,7 +15,7 @@ back here and goes on to the referrer.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import orjson
 
@@ -135,21 +135,22 @@ def step(
 ) -> tuple[CustomerState, list[Routed]]:
     if not isinstance(rules, RuleBook):  # transition: the shell still passes one Rules
         rules = RuleBook.of(rules)
-    if isinstance(message, PaymentLink):
+    if type(message) is PaymentLink:  # exact classes: see the dispatch below
         if state is None:
             state = CustomerState(message.customer_id)
         return _on_link(state, message, rules)
-    if isinstance(message, DisputeUpdate):
+    if type(message) is DisputeUpdate:
         return _on_dispute(state or CustomerState(message.customer_id), message)
-    if not isinstance(message, StripeEvent):  # one check on the way of every Stripe event
-        if isinstance(message, IdentityMatch):
+    if type(message) is not StripeEvent:  # one check on the way of every Stripe event
+        if type(message) is IdentityMatch:
             # what an identity join found about this customer's referral: its referrer decides
             return state or CustomerState(message.customer_id), [routed(REFERRER, message.ucc, message)]
-        return _on_own(state or CustomerState(message.customer_id), message)
+        own = cast(ReferrerLink, message)
+        return _on_own(state or CustomerState(own.customer_id), own)
     obj = message.object
     key = customer_of(message)
     if key is None or obj is None:
-        raise ValueError(f"event {message.id} ({message.type}) is not about a customer")
+        raise ValueError(f"message {message.id} ({message.type}) is not about a customer")
     if state is None:
         state = CustomerState(key)
     out: list[Routed] = []

@@ -472,29 +472,31 @@ def step(
         state, out = tx.done()
         return state, opened + out
     tx = _Tx(state, book)
-    if isinstance(message, Payment):
+    # `type(message) is`: each record is built as exactly its class, and a failed isinstance
+    # against a msgspec Struct class is slow (docs/performance.md#compiled-core)
+    if type(message) is Payment:
         _on_payment(tx, message)
-    elif isinstance(message, Refund):
+    elif type(message) is Refund:
         _on_refund(tx, message)
-    elif isinstance(message, Signup):
+    elif type(message) is Signup:
         _on_signup(tx, message)
-    elif isinstance(message, ReviewDecision):
+    elif type(message) is ReviewDecision:
         _on_decision(tx, message)
-    elif isinstance(message, UnlinkedRefund):
+    elif type(message) is UnlinkedRefund:
         _on_unlinked_refund(tx, message)
-    elif isinstance(message, SubscriptionEnded):
+    elif type(message) is SubscriptionEnded:
         _on_subscription_ended(tx, message)
-    elif isinstance(message, AttributionConflict):
+    elif type(message) is AttributionConflict:
         _on_conflict(tx, message)
-    elif isinstance(message, CampaignAssignment):
+    elif type(message) is CampaignAssignment:
         _on_assignment(tx, message)
-    elif isinstance(message, DisputeChanged):
+    elif type(message) is DisputeChanged:
         _on_dispute(tx, message)
-    elif isinstance(message, PayoutOutcome):
+    elif type(message) is PayoutOutcome:
         _on_outcome(tx, message)
-    elif isinstance(message, LedgerAdjustment):
+    elif type(message) is LedgerAdjustment:
         _on_adjustment(tx, message)
-    elif isinstance(message, IdentityMatch):
+    elif type(message) is IdentityMatch:
         _on_identity_match(tx, message)
     return tx.done()
 

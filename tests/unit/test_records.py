@@ -81,3 +81,41 @@ def test_domain_events_round_trip(event: events.DomainEvent) -> None:
 def test_bad_domain_events_are_refused(raw: bytes) -> None:
     with pytest.raises(events.EventDecodeError):
         events.decode(raw)
+
+
+# The field order of each domain event as the frozen dataclasses of earlier releases wrote it
+# (they are msgspec structs since issue #15): records on the internal topics and in the
+# tables must keep their bytes, so a worker reads what the previous release wrote.
+WIRE_FIELDS = {
+    "Signup": "ucc referral_id customer_id signed_up_at event_id",
+    "Payment": ("ucc referral_id customer_id payment_id currency base created earned_at "
+        "months late event_id plans amount"),
+    "Refund": "ucc referral_id customer_id payment_id charge_id amount amount_refunded created event_id",
+    "UnlinkedRefund": ("ucc referral_id customer_id charge_id currency amount amount_refunded "
+        "created event_id"),
+    "SubscriptionEnded": "ucc referral_id customer_id subscription_id ended_at event_id",
+    "AttributionConflict": "ucc referral_id customer_id other_ucc created event_id",
+    "DisputeChanged": ("ucc referral_id customer_id payment_id charge_id dispute_id status "
+        "amount created event_id"),
+    "InvoicePaymentPaid": "invoice_id charge_id payment_intent_id event_id",
+    "InvoiceSeen": "invoice_id customer_id",
+    "PaymentLink": "customer_id invoice_id charge_id payment_intent_id",
+    "ChargeSeen": "charge_id customer_id",
+    "DisputeSeen": "charge_id payment_intent_id dispute_id status amount created event_id",
+    "DisputeUpdate": "customer_id charge_id payment_intent_id dispute_id status amount created event_id",
+    "IdentitySeen": "identity ucc referral_id customer_id",
+    "OwnIdentity": "identity ucc customer_id",
+    "IdentityMatch": "customer_id ucc referral_id signal referrals",
+}
+
+
+def test_domain_events_keep_the_bytes_the_previous_release_wrote() -> None:
+    assert {name: " ".join(cls.__struct_fields__) for name, cls in events._TYPES.items()} == WIRE_FIELDS
+    payment = events.Payment("ucc_1", "user:u1", "cus_1", "in_1", "usd", 1900, 1767225600, 1767225700, 1,
+                             False, "evt_1", "", 1900)
+    assert events.encode(payment) == (
+        b'{"v":1,"t":"Payment","ucc":"ucc_1","referral_id":"user:u1","customer_id":"cus_1",'
+        b'"payment_id":"in_1","currency":"usd","base":1900,"created":1767225600,"earned_at":1767225700,'
+        b'"months":1,"late":false,"event_id":"evt_1","plans":"","amount":1900}'
+    )
+    assert events.decode(events.encode(payment)) == payment

@@ -1,30 +1,42 @@
-"""The Stripe records are frozen msgspec structs (schemas/stripe_records.py,
-docs/performance.md#stripe-records), and still what every caller relied on when they were
-frozen dataclasses: built by position or by name, equal and hashed by value, never changed
-after construction, and pickled whole (replay hands records between processes)."""
+"""The Stripe records and the domain events are frozen msgspec structs
+(schemas/stripe_records.py, schemas/event_records.py, docs/performance.md#stripe-records),
+and still what every caller relied on when they were frozen dataclasses: built by position
+or by name, equal and hashed by value, never changed after construction, and pickled whole
+(replay hands records between processes)."""
 
 from __future__ import annotations
 
 import pickle
+from types import ModuleType
 
 import msgspec
 import pytest
 
-from schemas import stripe, stripe_records
+from schemas import event_records, events, stripe, stripe_records
 
-RECORDS = [
-    cls for cls in vars(stripe_records).values()
-    if isinstance(cls, type) and issubclass(cls, msgspec.Struct) and cls.__module__ == stripe_records.__name__
-]
+
+def _structs(module: ModuleType) -> list[type[msgspec.Struct]]:
+    return [cls for cls in vars(module).values() if isinstance(cls, type)
+            and issubclass(cls, msgspec.Struct) and cls.__module__ == module.__name__]
+
+
+STRIPE_RECORDS = _structs(stripe_records)
+RECORDS = STRIPE_RECORDS + _structs(event_records)
 
 
 def test_every_record_is_exported_by_the_reader() -> None:
-    assert {cls.__name__ for cls in RECORDS} == {
+    assert {cls.__name__ for cls in STRIPE_RECORDS} == {
         "Customer", "Subscription", "InvoiceLine", "Invoice", "Charge", "InvoicePayment", "Dispute",
         "StripeEvent",
     }
-    for cls in RECORDS:
+    for cls in STRIPE_RECORDS:
         assert getattr(stripe, cls.__name__) is cls
+
+
+def test_every_domain_event_is_a_record_the_codec_knows() -> None:
+    assert {cls.__name__: cls for cls in _structs(event_records)} == events._TYPES
+    for cls in events._TYPES.values():
+        assert getattr(events, cls.__name__) is cls
 
 
 @pytest.mark.parametrize("cls", RECORDS, ids=lambda c: c.__name__)
