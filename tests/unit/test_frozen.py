@@ -1,6 +1,7 @@
-"""Records given the faster `__init__` (schemas/frozen.py) are still the frozen dataclasses
-every caller relies on: same signature, same values, equality, hash, replace, and no
-assignment after construction."""
+"""Records given the faster `__init__` (schemas/frozen.py: the output commands; the Stripe
+records and the domain events are msgspec structs, tests/unit/test_stripe_records.py) are
+still the frozen dataclasses every caller relies on: same signature, same values, equality,
+hash, replace, and no assignment after construction."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import inspect
 
 import pytest
 
-from schemas import commands, events, stripe
+from schemas import commands
 from schemas.frozen import fast_init
 
 RECORDS = [
-    cls for module in (stripe, events, commands) for cls in vars(module).values()
-    if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == module.__name__
+    cls for cls in vars(commands).values()
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == commands.__name__
 ]
 
 
