@@ -325,8 +325,11 @@ class Stack:
             f"{self.app_id}-publisher": [self._internal("outbox")],
         }
 
+        behind: list[str] = []  # at a timeout, the message says which partitions lag
+
         async def drained() -> bool:
             self.assert_alive()
+            behind.clear()
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
             consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
             await admin.start()
@@ -341,13 +344,17 @@ class Stack:
                     for tp, end in ends.items():
                         meta = committed.get(tp)
                         if end > 0 and (meta is None or meta.offset < end):
-                            return False
-                return True
+                            behind.append(f"{group}: {tp.topic}[{tp.partition}] committed "
+                                          f"{None if meta is None else meta.offset} of {end}")
+                return not behind
             finally:
                 await consumer.stop()
                 await admin.close()
 
-        await self.until("the pipeline to drain (all offsets committed)", drained, timeout_s, every_s=0.5)
+        try:
+            await self.until("the pipeline to drain (all offsets committed)", drained, timeout_s, every_s=0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nbehind: {behind}") from None
 
     def _internal(self, name: str) -> str:
         return f"{self.prefix}.worker-{name}.sandbox"
