@@ -63,9 +63,6 @@ class StripeParseError(ValueError):
         super().__init__(f"{path}: {problem}")
 
 
-# --- field readers: each names the path of what it rejects -------------------------------
-
-
 def customer_of(event: StripeEvent) -> str | None:
     """The Stripe customer the event is about (the log's key), if any: an invoice payment or a
     dispute names none (the invoice stage finds it), nor does a type the rules do not read."""
@@ -79,6 +76,9 @@ def customer_of(event: StripeEvent) -> str | None:
     if obj is None or kind is InvoicePayment or kind is Dispute:
         return None
     return obj.customer  # type: ignore[union-attr]
+
+
+# --- field readers: each names the path of what it rejects -------------------------------
 
 
 def _type_name(v: object) -> str:

@@ -150,7 +150,7 @@ def step(
     obj = message.object
     key = customer_of(message)
     if key is None or obj is None:
-        raise ValueError(f"message {message.id} ({message.type}) is not about a customer")
+        raise ValueError(f"event {message.id} ({message.type}) is not about a customer")
     if state is None:
         state = CustomerState(key)
     out: list[Routed] = []

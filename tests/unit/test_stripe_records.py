@@ -67,3 +67,17 @@ def test_a_parsed_event_pickles_and_compares_whole() -> None:
     assert again == event and hash(again) == hash(event)
     assert isinstance(again.object, stripe.Invoice) and again.object.lines[0].subscription is True
     assert stripe.customer_of(again) == "cus_1"
+
+
+def test_the_customer_stage_refuses_an_event_about_no_customer_by_its_id_and_type() -> None:
+    from processors.rules import referral
+    from schemas.rules import RuleBook
+    from tests.unit.test_properties import CAPPED_RULES
+
+    raw = (b'{"id":"evt_9","object":"event","type":"invoice_payment.paid","created":1767225600,'
+           b'"livemode":false,"data":{"object":{"id":"inpay_1","object":"invoice_payment","invoice":"in_1",'
+           b'"status":"paid","payment":{"type":"charge","charge":"ch_1"}}}}')
+    event = stripe.parse_event(raw)
+    assert stripe.customer_of(event) is None
+    with pytest.raises(ValueError, match=r"^event evt_9 \(invoice_payment.paid\) is not about a customer$"):
+        referral.step(None, event, RuleBook.of(CAPPED_RULES))
